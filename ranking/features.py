@@ -1,0 +1,227 @@
+"""The one feature table, shared by training and serving.
+
+Every ranking feature is declared once here: name, group, what it means, and the
+vectorised function that computes it for a batch of (shopper, anchor, candidate)
+pairs. Training builds its matrix with `feature_matrix` and the server calls the
+same function, so there is no train/serve skew; the bundle stores the ordered
+names and `check_feature_names` refuses a bundle whose names this code lacks.
+
+Groups matter for ablations: "price" (uplift and price level) and "complement"
+(category complementarity) can be switched off at training time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import scipy.sparse as sp
+
+from xsell.errors import BundleError
+from xsell.retrieval.artifacts import Artifacts
+from xsell.retrieval.candidates import SOURCE_BIT
+
+F32 = np.float32
+
+
+def sparse_lookup(m: sp.csr_matrix, row: int, cols: np.ndarray) -> np.ndarray:
+    """m[row, cols] as a dense float32 vector (0 where absent). Needs sorted indices."""
+    out = np.zeros(len(cols), dtype=F32)
+    if row < 0:
+        return out
+    lo, hi = m.indptr[row], m.indptr[row + 1]
+    if hi == lo:
+        return out
+    idx = m.indices[lo:hi]
+    pos = np.searchsorted(idx, cols)
+    pos_c = np.minimum(pos, hi - lo - 1)
+    hit = idx[pos_c] == cols
+    out[hit] = m.data[lo:hi][pos_c[hit]]
+    return out
+
+
+@dataclass
+class PairBatch:
+    """Candidates of one query with their anchors, for one shopper."""
+
+    arts: Artifacts
+    items: np.ndarray  # int64 candidate item indices
+    anchors: np.ndarray  # int64 anchor per candidate, -1 = none (fallback)
+    user: int  # -1 = unknown shopper
+    sources: np.ndarray  # uint8 source bits
+    retrieval_score: np.ndarray  # float32
+    n_anchors: int
+
+    @cached_property
+    def has_anchor(self) -> np.ndarray:
+        return self.anchors >= 0
+
+    @cached_property
+    def anchor_safe(self) -> np.ndarray:
+        return np.where(self.has_anchor, self.anchors, 0)
+
+    def per_anchor(self, values: np.ndarray) -> np.ndarray:
+        """Blank (NaN) the rows that have no anchor."""
+        return np.where(self.has_anchor, values, np.nan).astype(F32)
+
+    @cached_property
+    def cand_cat(self) -> np.ndarray:
+        return self.arts.item_category[self.items]
+
+    @cached_property
+    def anchor_cat(self) -> np.ndarray:
+        return self.arts.item_category[self.anchor_safe]
+
+    @cached_property
+    def copurchase(self) -> np.ndarray:
+        out = np.zeros(len(self.items), dtype=F32)
+        for a in np.unique(self.anchors[self.has_anchor]):
+            rows = self.anchors == a
+            out[rows] = sparse_lookup(self.arts.copurchase, int(a), self.items[rows])
+        return out
+
+    @cached_property
+    def user_counts(self) -> np.ndarray:
+        return sparse_lookup(self.arts.user_counts, self.user, self.items)
+
+    @cached_property
+    def user_cat_counts(self) -> np.ndarray:
+        return sparse_lookup(self.arts.user_cat_counts, self.user, self.cand_cat)
+
+    def user_value(self, array: np.ndarray) -> np.ndarray:
+        value = array[self.user] if self.user >= 0 else np.nan
+        return np.full(len(self.items), value, dtype=F32)
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    group: str
+    doc: str
+    fn: Callable[[PairBatch], np.ndarray]
+
+
+def _log_ratio(num, den):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(np.maximum(num, 1e-6) / np.maximum(den, 1e-6))
+
+
+def _user_item_days_since(b: PairBatch) -> np.ndarray:
+    last = sparse_lookup(b.arts.user_last_day, b.user, b.items)  # day + 1, 0 = never
+    return np.where(last > 0, b.arts.cut_day - (last - 1), np.nan).astype(F32)
+
+
+def _user_cat_share(b: PairBatch) -> np.ndarray:
+    if b.user < 0:
+        return np.full(len(b.items), np.nan, dtype=F32)
+    lo, hi = b.arts.user_counts.indptr[b.user], b.arts.user_counts.indptr[b.user + 1]
+    total = b.arts.user_counts.data[lo:hi].sum()
+    return (b.user_cat_counts / max(total, 1.0)).astype(F32)
+
+
+def _emb_user(b: PairBatch) -> np.ndarray:
+    if b.user < 0:
+        return np.full(len(b.items), np.nan, dtype=F32)
+    return b.arts.item_bias_factors[b.items] @ b.arts.user_factors[b.user]
+
+
+def _source(name: str) -> Callable[[PairBatch], np.ndarray]:
+    bit = SOURCE_BIT[name]
+    return lambda b: ((b.sources & bit) > 0).astype(F32)
+
+
+FEATURES: tuple[Feature, ...] = (
+    # price: how the candidate's price relates to the anchor and to the shopper
+    Feature("price_uplift_log", "price", "log(candidate price / anchor price)",
+            lambda b: b.per_anchor(_log_ratio(b.arts.price[b.items], b.arts.price[b.anchor_safe]))),
+    Feature("cand_price_pct", "price", "candidate price percentile within its category (0..1)",
+            lambda b: b.arts.price_pct[b.items]),
+    Feature("anchor_price_pct", "price", "anchor price percentile within its category",
+            lambda b: b.per_anchor(b.arts.price_pct[b.anchor_safe])),
+    Feature("user_price_level", "price", "shopper's mean price percentile over past purchases",
+            lambda b: b.user_value(b.arts.user_price_level)),
+    Feature("price_pct_vs_user", "price", "candidate price percentile minus the shopper's price level",
+            lambda b: b.arts.price_pct[b.items] - b.user_value(b.arts.user_price_level)),
+    Feature("log_price", "price", "log(1 + candidate price)",
+            lambda b: np.log1p(b.arts.price[b.items]).astype(F32)),
+    # complement: category-level complementarity from basket co-occurrence
+    Feature("cat_lift_log", "complement", "log lift P(cand category | anchor category) / P(cand category)",
+            lambda b: b.per_anchor(np.log(np.maximum(b.arts.complements.lift[b.anchor_cat, b.cand_cat], 1e-4)))),
+    Feature("cat_cond_prob", "complement", "P(candidate category in basket | anchor category in basket)",
+            lambda b: b.per_anchor(b.arts.complements.cond_prob[b.anchor_cat, b.cand_cat])),
+    Feature("cand_cat_share", "complement", "share of baskets holding the candidate's category",
+            lambda b: b.arts.complements.basket_share[b.cand_cat]),
+    # copurchase: item-level "bought together"
+    Feature("copurchase_log", "copurchase", "log(1 + baskets holding both anchor and candidate)",
+            lambda b: b.per_anchor(np.log1p(b.copurchase))),
+    Feature("copurchase_conf", "copurchase", "baskets with both / baskets with the anchor",
+            lambda b: b.per_anchor(b.copurchase / np.maximum(b.arts.popularity[b.anchor_safe], 1.0))),
+    # embedding: ALS similarity
+    Feature("emb_cos_anchor", "embedding", "cosine of anchor and candidate ALS item vectors",
+            lambda b: b.per_anchor(np.einsum("ij,ij->i", b.arts.item_factors[b.items],
+                                             b.arts.item_factors[b.anchor_safe]))),
+    Feature("emb_user_score", "embedding", "ALS score of the candidate for this shopper", _emb_user),
+    # popularity and recency
+    Feature("log_popularity", "popularity", "log(1 + baskets holding the candidate)",
+            lambda b: np.log1p(b.arts.popularity[b.items])),
+    Feature("log_recent_popularity", "popularity", "log(1 + baskets in the last 28 days)",
+            lambda b: np.log1p(b.arts.recent_popularity[b.items])),
+    Feature("recent_share", "popularity", "recent baskets / all baskets (trend)",
+            lambda b: b.arts.recent_popularity[b.items] / np.maximum(b.arts.popularity[b.items], 1.0)),
+    Feature("days_since_sale", "popularity", "days from the candidate's last sale to the data cut-off",
+            lambda b: b.arts.days_since_sale[b.items]),
+    Feature("pop_rank_in_cat", "popularity", "popularity rank within its category (0 = top)",
+            lambda b: b.arts.pop_rank_in_cat[b.items]),
+    Feature("anchor_log_popularity", "popularity", "log(1 + baskets holding the anchor)",
+            lambda b: b.per_anchor(np.log1p(b.arts.popularity[b.anchor_safe]))),
+    # the shopper's own history
+    Feature("user_item_count_log", "user", "log(1 + times the shopper bought the candidate)",
+            lambda b: np.log1p(b.user_counts)),
+    Feature("user_item_days_since", "user", "days since the shopper last bought the candidate", _user_item_days_since),
+    Feature("user_cat_count_log", "user", "log(1 + shopper's purchases in the candidate's category)",
+            lambda b: np.log1p(b.user_cat_counts)),
+    Feature("user_cat_share", "user", "share of the shopper's purchases in the candidate's category", _user_cat_share),
+    Feature("user_baskets_log", "user", "log(1 + shopper's baskets)",
+            lambda b: np.log1p(b.user_value(b.arts.user_baskets))),
+    # margin
+    Feature("margin_rate", "margin", "(price - cost) / price of the candidate; NaN = unknown cost",
+            lambda b: b.arts.margin[b.items]),
+    # retrieval
+    Feature("retrieval_score", "retrieval", "fused reciprocal-rank score of the retrieval sources",
+            lambda b: b.retrieval_score),
+    Feature("n_anchors", "retrieval", "number of known anchors in the cart",
+            lambda b: np.full(len(b.items), b.n_anchors, dtype=F32)),
+    *(Feature(f"src_{s}", "retrieval", f"1 if the '{s}' source proposed the candidate", _source(s))
+      for s in ("ann", "copurchase", "complement", "history", "category")),
+)  # fmt: skip
+
+FEATURES_BY_NAME = {f.name: f for f in FEATURES}
+GROUPS = tuple(dict.fromkeys(f.group for f in FEATURES))
+
+
+def feature_names(disabled_groups: Sequence[str] = ()) -> list[str]:
+    unknown = set(disabled_groups) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"unknown feature groups {sorted(unknown)}; known: {list(GROUPS)}")
+    return [f.name for f in FEATURES if f.group not in disabled_groups]
+
+
+def check_feature_names(names: Sequence[str]) -> list[Feature]:
+    """The Feature objects for a bundle's names, in order; BundleError on an unknown name."""
+    missing = [n for n in names if n not in FEATURES_BY_NAME]
+    if missing:
+        raise BundleError(f"bundle needs features this code does not define: {missing}")
+    return [FEATURES_BY_NAME[n] for n in names]
+
+
+def feature_matrix(batch: PairBatch, features: Sequence[Feature], out: np.ndarray | None = None) -> np.ndarray:
+    """(n_candidates x n_features) float32 matrix, NaN = missing (LightGBM handles it)."""
+    n = len(batch.items)
+    if out is None or out.shape[0] < n or out.shape[1] != len(features):
+        out = np.empty((n, len(features)), dtype=F32)
+    x = out[:n]
+    for j, f in enumerate(features):
+        x[:, j] = f.fn(batch)
+    return x

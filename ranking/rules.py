@@ -1,0 +1,81 @@
+"""Business rules: hard filters before scoring, and the diversity cap after it.
+
+Hard filters run on the candidates (a few hundred), never on the catalog, so
+their cost does not grow with the number of items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from xsell.retrieval.artifacts import Artifacts
+from xsell.retrieval.candidates import Candidates
+
+from .types import Filters, Strategy
+
+DEFAULT_UPLIFT_MIN = 1.0  # up-sell default band: strictly pricier than the anchor
+
+
+@dataclass(frozen=True)
+class RequestScope:
+    """Per-request sets the filters need, resolved to indices once."""
+
+    cart_items: np.ndarray  # int64 indices of known cart items
+    cart_categories: np.ndarray  # int32
+    excluded_items: np.ndarray  # int64 (explicit exclusions that the bundle knows)
+    allowed_categories: np.ndarray | None  # int32, None = all
+    denied_categories: np.ndarray  # int32
+    user: int
+
+
+def hard_filter(arts: Artifacts, c: Candidates, strategy: Strategy, scope: RequestScope, f: Filters) -> Candidates:
+    items = c.items
+    keep = arts.in_stock[items].copy()
+    keep &= ~np.isin(items, scope.cart_items)
+    if len(scope.excluded_items):
+        keep &= ~np.isin(items, scope.excluded_items)
+    cats = arts.item_category[items]
+    if scope.allowed_categories is not None:
+        keep &= np.isin(cats, scope.allowed_categories)
+    if len(scope.denied_categories):
+        keep &= ~np.isin(cats, scope.denied_categories)
+    price = arts.price[items]
+    if f.price_min is not None:
+        keep &= price >= f.price_min
+    if f.price_max is not None:
+        keep &= price <= f.price_max
+    if f.exclude_purchased and scope.user >= 0:
+        lo, hi = arts.user_counts.indptr[scope.user], arts.user_counts.indptr[scope.user + 1]
+        keep &= ~np.isin(items, arts.user_counts.indices[lo:hi])
+    if strategy is Strategy.CROSS_SELL:
+        keep &= ~np.isin(cats, scope.cart_categories)
+    else:
+        anchors = c.anchors
+        has = anchors >= 0
+        keep &= has
+        anchor_safe = np.where(has, anchors, 0)
+        keep &= cats == arts.item_category[anchor_safe]
+        uplift = price / np.maximum(arts.price[anchor_safe], 1e-9)
+        lo_band = DEFAULT_UPLIFT_MIN if f.uplift_min is None else f.uplift_min
+        keep &= uplift >= lo_band if f.uplift_min is not None else uplift > lo_band
+        if f.uplift_max is not None:
+            keep &= uplift <= f.uplift_max
+    return c.take(keep)
+
+
+def apply_diversity(order: np.ndarray, categories: np.ndarray, max_per_category: int, limit: int) -> np.ndarray:
+    """Walk `order` (best first) keeping at most max_per_category per category; first `limit`."""
+    if max_per_category <= 0:
+        return order[:limit]
+    taken: dict[int, int] = {}
+    out = []
+    for i in order:
+        cat = int(categories[i])
+        if taken.get(cat, 0) < max_per_category:
+            taken[cat] = taken.get(cat, 0) + 1
+            out.append(i)
+            if len(out) == limit:
+                break
+    return np.asarray(out, dtype=np.int64)

@@ -1,0 +1,286 @@
+"""The offline pipeline: events + catalog -> one versioned model bundle.
+
+1. Retrieval artifacts on the *history* (all but the last `label_days` days).
+2. LambdaRank query groups from the *label window* (the last `label_days` days):
+   cross-sell = (shopper, anchor) of a window basket, positives = the basket's other
+   items of other categories; up-sell = (shopper, category), anchor = the shopper's
+   last history purchase there, positives = pricier items of that category bought in
+   the window. Candidates come from the same `retrieve` the server uses.
+3. One LightGBM LambdaRank model per strategy, early-stopped on held-out shoppers.
+4. Retrieval artifacts again on *all* the data (fresh statistics for serving), the
+   Annoy index, the models and the manifest, written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from xsell.data.contract import EVENT_GRADES, Dataset
+from xsell.retrieval.artifacts import DAY, Artifacts, RetrievalConfig, build_artifacts
+from xsell.retrieval.candidates import CandidateConfig
+
+from .bundle import MODEL_FILES, atomic_bundle_dir, new_version, write_manifest
+from .features import PairBatch, check_feature_names, feature_matrix, feature_names
+from .model import ModelConfig, train_lambdarank
+from .query import NO_FILTERS, retrieve, scope_for
+from .types import Strategy
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `xsell train` can be told. Defaults suit shops of very different sizes."""
+
+    label_days: int = 28  # the last N days of training data label the ranker's queries
+    max_queries: int = 12_000  # per strategy; sampled with `seed`
+    anchors_per_basket: int = 2  # cross-sell queries drawn from one basket
+    upsell_min_uplift: float = 1.15  # a later purchase this much pricier counts as an accepted up-sell
+    valid_fraction: float = 0.15  # shoppers held out for early stopping
+    max_negatives: int = 60  # per query: the top-30 by retrieval score + a seeded random rest
+    disabled_feature_groups: tuple[str, ...] = ()  # ablations: e.g. ("price",) or ("complement",)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seed: int = 0
+
+
+def data_fingerprint(data: Dataset) -> str:
+    """Content hash of the rows that training reads (format-independent)."""
+    h = hashlib.sha256()
+    for frame, cols in (
+        (data.events, ["user_id", "item_id", "timestamp", "event_type", "quantity", "unit_price", "basket_id"]),
+        (data.catalog, ["item_id", "category", "price", "in_stock"]),
+    ):
+        h.update(pd.util.hash_pandas_object(frame[cols], index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Queries:
+    """Accumulates query groups: feature rows, graded labels, group sizes, shopper ids."""
+
+    def __init__(self, n_features: int, max_negatives: int, seed: int) -> None:
+        self.max_negatives = max_negatives
+        self.rng = np.random.default_rng(seed)
+        self.x: list[np.ndarray] = []
+        self.y: list[np.ndarray] = []
+        self.groups: list[int] = []
+        self.users: list[str] = []
+        self.positives = 0  # relevant items of all queries
+        self.reached = 0  # ... that retrieval put in front of the ranker
+        self.n_features = n_features
+
+    def add(self, x: np.ndarray, y: np.ndarray, retrieval_score: np.ndarray, user_id: str, n_relevant: int) -> None:
+        self.positives += n_relevant
+        reached = int((y > 0).sum())
+        self.reached += reached
+        if reached == 0 or reached == len(y):  # no pairs to learn from
+            return
+        neg = np.flatnonzero(y == 0)
+        if len(neg) > self.max_negatives:
+            # candidates arrive in item order; the hard negatives are the ones retrieval liked
+            hard = neg[np.argsort(-retrieval_score[neg], kind="stable")[: self.max_negatives // 2]]
+            rest = np.setdiff1d(neg, hard)
+            easy = self.rng.choice(rest, self.max_negatives - len(hard), replace=False)
+            keep = np.sort(np.concatenate([np.flatnonzero(y > 0), hard, easy]))
+            x, y = x[keep], y[keep]
+        self.x.append(x.copy())
+        self.y.append(y)
+        self.groups.append(len(y))
+        self.users.append(user_id)
+
+    def split(self, valid_fraction: float, seed: int):
+        users = np.asarray(self.users, dtype=object)
+        salt = str(seed).encode()
+        is_valid = np.array([int(hashlib.md5(salt + u.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < valid_fraction
+                             for u in users], dtype=bool)  # fmt: skip
+        if is_valid.all() or not is_valid.any():
+            is_valid = np.arange(len(users)) % 7 == 0
+        parts = []
+        for mask in (~is_valid, is_valid):
+            idx = np.flatnonzero(mask)
+            parts.append((
+                np.concatenate([self.x[i] for i in idx]) if len(idx) else np.empty((0, self.n_features), np.float32),
+                np.concatenate([self.y[i] for i in idx]) if len(idx) else np.empty(0),
+                np.asarray([self.groups[i] for i in idx], dtype=np.int64),
+            ))  # fmt: skip
+        return parts
+
+
+def _cross_sell_queries(arts: Artifacts, window: pd.DataFrame, cfg: TrainConfig, features, rng) -> _Queries:
+    q = _Queries(len(features), cfg.max_negatives, cfg.seed)
+    w = window.assign(item=arts.items.encode(window["item_id"].to_numpy()))
+    w = w[w["item"] >= 0]
+    w = w.assign(grade=w["event_type"].map(EVENT_GRADES), cat=arts.item_category[w["item"].to_numpy()])
+    lines = w.groupby(["basket_id", "item"], sort=False).agg(
+        grade=("grade", "max"), cat=("cat", "first"), user_id=("user_id", "first")
+    ).reset_index()
+    sizes = lines.groupby("basket_id")["item"].transform("size")
+    lines = lines[sizes >= 2]
+    # anchors: a seeded sample of up to `anchors_per_basket` lines per basket
+    lines = lines.assign(r=rng.random(len(lines)))
+    anchor_rows = lines[lines.groupby("basket_id")["r"].rank(method="first") <= cfg.anchors_per_basket]
+    if len(anchor_rows) > cfg.max_queries:
+        anchor_rows = anchor_rows.sample(cfg.max_queries, random_state=cfg.seed)
+    by_basket = {b: g for b, g in lines.groupby("basket_id", sort=False)}
+    for row in anchor_rows.itertuples(index=False):
+        basket = by_basket[row.basket_id]
+        rel = basket[(basket["cat"] != row.cat) & (basket["item"] != row.item)]
+        if rel.empty:
+            continue
+        a = np.asarray([row.item], dtype=np.int64)
+        user = arts.users.get(row.user_id)
+        c = retrieve(arts, Strategy.CROSS_SELL, a, user, scope_for(arts, a, user), NO_FILTERS, cfg.candidates)
+        if len(c) == 0:
+            q.positives += len(rel)
+            continue
+        grades = pd.Series(rel["grade"].to_numpy(), index=rel["item"].to_numpy())
+        y = grades.reindex(c.items).fillna(0).to_numpy(dtype=np.float64)
+        x = feature_matrix(PairBatch(arts, c.items, c.anchors, user, c.sources, c.score, 1), features)
+        q.add(x, y, c.score, row.user_id, len(rel))
+    return q
+
+
+def _up_sell_queries(arts: Artifacts, history: pd.DataFrame, window: pd.DataFrame, cfg: TrainConfig, features) -> _Queries:
+    q = _Queries(len(features), cfg.max_negatives, cfg.seed)
+    hist = history[history["event_type"] == "purchase"]
+    hist = hist.assign(item=arts.items.encode(hist["item_id"].to_numpy()))
+    hist = hist[hist["item"] >= 0]
+    hist = hist.assign(cat=arts.item_category[hist["item"].to_numpy()])
+    last = hist.sort_values("timestamp", kind="stable").groupby(["user_id", "cat"]).tail(1)[["user_id", "cat", "item"]]
+    win = window[window["event_type"] == "purchase"]
+    win = win.assign(item=arts.items.encode(win["item_id"].to_numpy()))
+    win = win[win["item"] >= 0]
+    win = win.assign(cat=arts.item_category[win["item"].to_numpy()])
+    pairs = win[["user_id", "cat", "item"]].drop_duplicates().merge(last, on=["user_id", "cat"], suffixes=("", "_anchor"))
+    uplift = arts.price[pairs["item"].to_numpy()] / np.maximum(arts.price[pairs["item_anchor"].to_numpy()], 1e-9)
+    pairs = pairs[uplift >= cfg.upsell_min_uplift]
+    groups = list(pairs.groupby(["user_id", "cat", "item_anchor"], sort=False))
+    if len(groups) > cfg.max_queries:
+        pick = np.random.default_rng(cfg.seed).choice(len(groups), cfg.max_queries, replace=False)
+        groups = [groups[i] for i in np.sort(pick)]
+    for (user_id, _, anchor), g in groups:
+        a = np.asarray([anchor], dtype=np.int64)
+        user = arts.users.get(user_id)
+        c = retrieve(arts, Strategy.UP_SELL, a, user, scope_for(arts, a, user), NO_FILTERS, cfg.candidates)
+        if len(c) == 0:
+            q.positives += len(g)
+            continue
+        y = np.isin(c.items, g["item"].to_numpy()).astype(np.float64) * EVENT_GRADES["purchase"]
+        x = feature_matrix(PairBatch(arts, c.items, c.anchors, user, c.sources, c.score, 1), features)
+        q.add(x, y, c.score, user_id, len(g))
+    return q
+
+
+def train_bundle(
+    data: Dataset,
+    out_dir,
+    config: TrainConfig | None = None,
+    *,
+    until: int | None = None,
+    overwrite: bool = False,
+    log=print,
+) -> Path:
+    """Train on events before `until` (epoch s; default: all) and write a bundle to out_dir."""
+    cfg = config or TrainConfig()
+    t_start = time.perf_counter()
+    stages: dict[str, float] = {}
+
+    def stage(name: str, t0: float) -> float:
+        now = time.perf_counter()
+        stages[name] = round(now - t0, 2)
+        log(f"[{now - t_start:6.1f}s] {name} done ({now - t0:.1f}s)")
+        return now
+
+    events = data.events
+    if until is not None:
+        events = events[events["timestamp"].to_numpy() < until]
+    if events.empty:
+        raise ValueError("no events to train on" + (f" before {until}" if until else ""))
+    data = Dataset(events, data.catalog, data.users, data.report)
+    end = int(events["timestamp"].max()) + 1
+    label_start = (end // DAY - cfg.label_days) * DAY
+    history = events[events["timestamp"].to_numpy() < label_start]
+    window = events[events["timestamp"].to_numpy() >= label_start]
+    if history.empty or window.empty:
+        raise ValueError(f"need events both before and within the last {cfg.label_days} days to train the ranker")
+    names = feature_names(cfg.disabled_feature_groups)
+    features = check_feature_names(names)
+    rng = np.random.default_rng(cfg.seed)
+    log(f"training on {len(events):,} events: history {len(history):,}, label window {len(window):,} "
+        f"(last {cfg.label_days} days), {len(names)} features")  # fmt: skip
+
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="xsell-hist-") as tmp:
+        hist_arts = build_artifacts(
+            Dataset(history, data.catalog, data.users, data.report), until=label_start,
+            config=cfg.retrieval, ann_path=Path(tmp) / "ann.idx", log=log,
+        )  # fmt: skip
+        t = stage("history artifacts", t)
+        cross = _cross_sell_queries(hist_arts, window, cfg, features, rng)
+        up = _up_sell_queries(hist_arts, history, window, cfg, features)
+        hist_arts.ann.unload()
+    t = stage("query groups", t)
+    log(f"  cross-sell: {len(cross.groups):,} queries, candidate recall {cross.reached / max(cross.positives, 1):.3f}")
+    log(f"  up-sell:    {len(up.groups):,} queries, candidate recall {up.reached / max(up.positives, 1):.3f}")
+
+    boosters, metrics = {}, {}
+    for strategy, q in ((Strategy.CROSS_SELL, cross), (Strategy.UP_SELL, up)):
+        if len(q.groups) < 10:
+            raise ValueError(f"only {len(q.groups)} usable {strategy.value} queries in the label window: "
+                             "too little data (or label_days too short) to train the ranker")  # fmt: skip
+        (xt, yt, gt), (xv, yv, gv) = q.split(cfg.valid_fraction, cfg.seed)
+        booster, info = train_lambdarank(xt, yt, gt, xv, yv, gv, names, cfg.model)
+        boosters[strategy] = (booster, info["best_iteration"])
+        key = strategy.value
+        metrics.update({
+            f"{key}_valid_ndcg@10": info["valid_ndcg@10"], f"{key}_best_iteration": info["best_iteration"],
+            f"{key}_train_queries": len(gt), f"{key}_valid_queries": len(gv), f"{key}_rows": int(len(yt) + len(yv)),
+            f"{key}_candidate_recall": q.reached / max(q.positives, 1),
+        })  # fmt: skip
+        del xt, xv
+    t = stage("LambdaRank", t)
+
+    fingerprint = data_fingerprint(data)
+    with atomic_bundle_dir(Path(out_dir), overwrite=overwrite) as tmp:
+        arts = build_artifacts(data, until=end, config=cfg.retrieval, ann_path=tmp / "ann.idx", log=log)
+        arts.ann.unload()
+        arts.save(tmp)
+        for strategy, (booster, best) in boosters.items():
+            booster.save_model(str(tmp / MODEL_FILES[strategy.value]), num_iteration=best)
+        data.report.write(tmp / "cleaning_report.json")
+        t = stage("serving artifacts", t)
+        stages["total"] = round(time.perf_counter() - t_start, 2)
+        manifest = write_manifest(tmp, {
+            "version": new_version(fingerprint),
+            "data_fingerprint": fingerprint,
+            "feature_names": names,
+            "metrics": metrics,
+            "num_items": len(arts.items), "num_users": len(arts.users),
+            "data": {"events": len(events), "first_timestamp": int(events["timestamp"].min()), "end_timestamp": end,
+                     "label_start": label_start},
+            "stage_seconds": stages,
+            "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("retrieval", "candidates", "model")},
+            "retrieval_config": asdict(cfg.retrieval),
+            "candidate_config": asdict(cfg.candidates),
+            "model_config": asdict(cfg.model),
+        })  # fmt: skip
+    _summary(manifest, log)
+    return Path(out_dir)
+
+
+def _summary(manifest: dict, log) -> None:
+    m = manifest["metrics"]
+    log("")
+    log(f"bundle {manifest['version']}: {manifest['num_items']:,} items, {manifest['num_users']:,} users")
+    log(f"{'strategy':<11} {'queries':>8} {'rows':>10} {'cand.recall':>11} {'valid ndcg@10':>13} {'trees':>6}")
+    for s in ("cross_sell", "up_sell"):
+        log(f"{s:<11} {m[f'{s}_train_queries'] + m[f'{s}_valid_queries']:>8,} {m[f'{s}_rows']:>10,} "
+            f"{m[f'{s}_candidate_recall']:>11.3f} {m[f'{s}_valid_ndcg@10']:>13.4f} {m[f'{s}_best_iteration']:>6}")  # fmt: skip
+    log("stage seconds: " + json.dumps(manifest["stage_seconds"]))

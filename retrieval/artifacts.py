@@ -1,0 +1,285 @@
+"""Everything retrieval and the features read, built from events + catalog.
+
+`build_artifacts` is the one offline computation (used for the served bundle and,
+on an earlier cut of the data, for the training queries of the ranker);
+`Artifacts.save` / `Artifacts.load` are its storage. Item arrays are indexed by
+the item vocabulary (the catalog order); user arrays by the user vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from xsell.data.contract import EVENT_GRADES, Dataset
+
+from .ann import AnnIndex, build_index
+from .cooccurrence import ComplementTable, category_complements, copurchase_counts
+from .mf import normalize_rows, train_als
+from .vocab import Vocabulary
+
+DAY = 86_400
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Offline settings of the retrieval stage."""
+
+    factors: int = 64  # ALS embedding size
+    iterations: int = 15  # ALS sweeps
+    regularization: float = 0.05
+    alpha: float = 2.0  # ALS confidence: 1 + alpha * log1p(count)
+    basket_rows: bool = True  # also factorise basket x item rows (complements, not only taste)
+    n_trees: int = 20  # Annoy trees: more = better recall, bigger file
+    search_k: int = 4000  # Annoy nodes inspected per query (-1 = n_trees * k)
+    copurchase_top_n: int = 100  # co-purchase partners kept per item
+    complement_prior: float = 20.0  # pseudo-baskets shrinking category lift to 1
+    recent_days: int = 28  # window for "recent popularity"
+    seed: int = 0
+
+
+@dataclass
+class Artifacts:
+    items: Vocabulary
+    users: Vocabulary
+    categories: Vocabulary
+    item_category: np.ndarray  # int32 (n_items,)
+    price: np.ndarray  # float32: median paid unit price, else catalog price
+    catalog_price: np.ndarray  # float32: current catalog price (shown to callers)
+    price_pct: np.ndarray  # float32: price percentile within category, 0..1
+    margin: np.ndarray  # float32: (price - cost) / price, NaN = unknown cost
+    in_stock: np.ndarray  # bool
+    popularity: np.ndarray  # float32: baskets holding the item
+    recent_popularity: np.ndarray  # float32: ... in the last recent_days
+    days_since_sale: np.ndarray  # float32: days from last sale to the cut-off (NaN = never)
+    pop_rank_in_cat: np.ndarray  # float32: 0 = most popular of its category, 1 = least
+    item_factors: np.ndarray  # float32 (n_items, f), unit length (cosine)
+    user_factors: np.ndarray  # float32 (n_users, f)
+    item_bias_factors: np.ndarray  # float32 (n_items, f) raw ALS factors for user scores
+    user_counts: sp.csr_matrix  # (n_users, n_items) purchase lines
+    user_last_day: sp.csr_matrix  # (n_users, n_items) day index of last purchase + 1
+    user_cat_counts: sp.csr_matrix  # (n_users, n_cat)
+    user_price_level: np.ndarray  # float32 (n_users,) mean price_pct of purchases, NaN = none
+    user_baskets: np.ndarray  # float32 (n_users,)
+    copurchase: sp.csr_matrix  # (n_items, n_items) baskets with both
+    complements: ComplementTable
+    popular_items: np.ndarray  # int64, in-stock items by popularity desc
+    popular_by_category: list[np.ndarray]  # per category, in-stock items by popularity desc
+    cut_day: int  # day index (epoch days) of the data cut-off
+    ann: AnnIndex | None = None
+    meta: dict = field(default_factory=dict)
+
+    # --- storage -------------------------------------------------------------
+    ARRAYS = (
+        "item_category", "price", "catalog_price", "price_pct", "margin", "in_stock", "popularity",
+        "recent_popularity", "days_since_sale", "pop_rank_in_cat", "user_price_level", "user_baskets",
+    )  # fmt: skip
+
+    def save(self, out: Path) -> list[str]:
+        """Write every artifact into directory `out`; return the file names written."""
+        out = Path(out)
+        self.items.save(out / "items.json")
+        self.users.save(out / "users.json")
+        self.categories.save(out / "categories.json")
+        np.savez(out / "stats.npz", **{k: getattr(self, k) for k in self.ARRAYS})
+        np.save(out / "item_factors.npy", self.item_factors)
+        np.save(out / "item_bias_factors.npy", self.item_bias_factors)
+        np.save(out / "user_factors.npy", self.user_factors)
+        for name in ("user_counts", "user_last_day", "user_cat_counts", "copurchase"):
+            sp.save_npz(out / f"{name}.npz", getattr(self, name), compressed=False)
+        c = self.complements
+        np.savez(out / "complements.npz", cond_prob=c.cond_prob, lift=c.lift, basket_share=c.basket_share)
+        (out / "retrieval_meta.json").write_text(
+            json.dumps({"cut_day": self.cut_day, "n_baskets": c.n_baskets, **self.meta}, indent=2)
+        )
+        return [
+            "items.json", "users.json", "categories.json", "stats.npz", "item_factors.npy",
+            "item_bias_factors.npy", "user_factors.npy", "user_counts.npz", "user_last_day.npz",
+            "user_cat_counts.npz", "copurchase.npz", "complements.npz", "retrieval_meta.json",
+        ]  # fmt: skip
+
+    @classmethod
+    def load(cls, out: Path, *, ann_file: str | None = "ann.idx", search_k: int = 4000, warm: bool = True):
+        out = Path(out)
+        stats = np.load(out / "stats.npz", allow_pickle=False)
+        comp = np.load(out / "complements.npz", allow_pickle=False)
+        meta = json.loads((out / "retrieval_meta.json").read_text())
+        item_factors = np.load(out / "item_factors.npy", allow_pickle=False)
+        categories = Vocabulary.load(out / "categories.json")
+        item_category = stats["item_category"]
+        popularity = stats["popularity"]
+        in_stock = stats["in_stock"]
+        arts = cls(
+            items=Vocabulary.load(out / "items.json"),
+            users=Vocabulary.load(out / "users.json"),
+            categories=categories,
+            item_factors=item_factors,
+            item_bias_factors=np.load(out / "item_bias_factors.npy", allow_pickle=False),
+            user_factors=np.load(out / "user_factors.npy", allow_pickle=False),
+            user_counts=sp.load_npz(out / "user_counts.npz").tocsr(),
+            user_last_day=sp.load_npz(out / "user_last_day.npz").tocsr(),
+            user_cat_counts=sp.load_npz(out / "user_cat_counts.npz").tocsr(),
+            copurchase=sp.load_npz(out / "copurchase.npz").tocsr(),
+            complements=ComplementTable(
+                cond_prob=comp["cond_prob"], lift=comp["lift"], basket_share=comp["basket_share"],
+                n_baskets=int(meta["n_baskets"]),
+            ),
+            popular_items=_popular(popularity, in_stock),
+            popular_by_category=_popular_by_category(popularity, in_stock, item_category, len(categories)),
+            cut_day=int(meta["cut_day"]),
+            meta={k: v for k, v in meta.items() if k not in ("cut_day", "n_baskets")},
+            **{k: stats[k] for k in cls.ARRAYS},
+        )
+        if ann_file is not None:
+            arts.ann = AnnIndex(out / ann_file, item_factors.shape[1], search_k=search_k, warm=warm)
+        return arts
+
+
+def _popular(popularity: np.ndarray, in_stock: np.ndarray) -> np.ndarray:
+    order = np.argsort(-popularity, kind="stable")
+    return order[in_stock[order]]
+
+
+def _popular_by_category(popularity, in_stock, item_category, n_categories) -> list[np.ndarray]:
+    order = _popular(popularity, in_stock)
+    cats = item_category[order]
+    # stable sort by category keeps popularity order inside each category
+    by_cat = order[np.argsort(cats, kind="stable")]
+    bounds = np.searchsorted(np.sort(cats, kind="stable"), np.arange(n_categories + 1))
+    return [by_cat[bounds[c] : bounds[c + 1]] for c in range(n_categories)]
+
+
+def _percentile_within(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Rank percentile (0..1, ties averaged) of each value within its group."""
+    df = pd.DataFrame({"v": values, "g": groups})
+    pct = df.groupby("g")["v"].rank(method="average", pct=True).to_numpy()
+    # a single-item category sits in the middle
+    return np.nan_to_num(pct, nan=0.5).astype(np.float32)
+
+
+def build_artifacts(
+    data: Dataset,
+    *,
+    until: int | None = None,
+    config: RetrievalConfig = RetrievalConfig(),
+    ann_path: Path | None = None,
+    log=print,
+) -> Artifacts:
+    """Compute all retrieval artifacts from events with timestamp < `until` (default: all).
+
+    The item vocabulary is the whole catalog (so a bundle knows every sellable
+    item); the user vocabulary is the users seen before `until`.
+    """
+    t0 = time.perf_counter()
+    catalog = data.catalog
+    events = data.events
+    if until is not None:
+        events = events[events["timestamp"].to_numpy() < until]
+    items = Vocabulary(catalog["item_id"].tolist())
+    categories = Vocabulary(sorted(set(catalog["category"].tolist())))
+    item_category = categories.encode(catalog["category"].tolist()).astype(np.int32)
+    n_items, n_cat = len(items), len(categories)
+
+    item_code = items.encode(events["item_id"].to_numpy())
+    known = item_code >= 0  # the loader guarantees this; guard for direct callers
+    events, item_code = events[known], item_code[known]
+    users = Vocabulary(pd.unique(events["user_id"].to_numpy()).tolist())
+    user_code = users.encode(events["user_id"].to_numpy())
+    basket_code = pd.factorize(events["basket_id"].to_numpy())[0].astype(np.int64)
+    day = (events["timestamp"].to_numpy() // DAY).astype(np.int64)
+    cut_day = int(until // DAY) if until is not None else int(day.max()) + 1 if len(day) else 0
+    grade = events["event_type"].map(EVENT_GRADES).to_numpy(dtype=np.float32)
+    is_purchase = events["event_type"].to_numpy() == "purchase"
+    log(f"  retrieval: {len(events):,} events, {len(users):,} users, {n_items:,} items, {n_cat:,} categories")
+
+    # Prices: median paid unit price (what shoppers actually pay), else catalog price.
+    catalog_price = catalog["price"].to_numpy(dtype=np.float32)
+    price = catalog_price.copy()
+    paid = pd.Series(events["unit_price"].to_numpy()[is_purchase]).groupby(item_code[is_purchase]).median()
+    price[paid.index.to_numpy()] = paid.to_numpy(dtype=np.float32)
+    price_pct = _percentile_within(price, item_category)
+    cost = catalog["cost"].to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        margin = np.where(price > 0, (price - cost) / price, np.nan).astype(np.float32)
+    in_stock = catalog["in_stock"].to_numpy(dtype=bool)
+
+    # Popularity and recency, counted in baskets (a 12-pack is one decision).
+    pb = pd.DataFrame({"i": item_code, "b": basket_code, "d": day}).drop_duplicates(["i", "b"])
+    popularity = np.bincount(pb["i"], minlength=n_items).astype(np.float32)
+    recent = pb[pb["d"].to_numpy() >= cut_day - config.recent_days]
+    recent_popularity = np.bincount(recent["i"], minlength=n_items).astype(np.float32)
+    last_day = np.full(n_items, np.nan, dtype=np.float32)
+    ld = pb.groupby("i")["d"].max()
+    last_day[ld.index.to_numpy()] = ld.to_numpy()
+    days_since_sale = (cut_day - last_day).astype(np.float32)
+    pop_rank_in_cat = 1.0 - _percentile_within(popularity, item_category)
+
+    # Shopper history (purchases only: what they bought, when, at which price level).
+    pu, pi, pd_ = user_code[is_purchase], item_code[is_purchase], day[is_purchase]
+    n_users = len(users)
+    user_counts = sp.csr_matrix((np.ones(len(pu), np.float32), (pu, pi)), shape=(n_users, n_items))
+    user_counts.sum_duplicates()
+    last = pd.DataFrame({"u": pu, "i": pi, "d": pd_}).groupby(["u", "i"])["d"].max().reset_index()
+    # +1 so that day 0 is not an implicit zero of the sparse matrix
+    user_last_day = sp.csr_matrix(
+        ((last["d"].to_numpy() + 1).astype(np.float32), (last["u"].to_numpy(), last["i"].to_numpy())),
+        shape=(n_users, n_items),
+    )
+    user_last_day.sort_indices()
+    user_counts.sort_indices()
+    user_cat_counts = sp.csr_matrix(
+        (np.ones(len(pu), np.float32), (pu, item_category[pi])), shape=(n_users, n_cat)
+    )
+    user_cat_counts.sum_duplicates()
+    user_cat_counts.sort_indices()
+    lvl = pd.Series(price_pct[pi]).groupby(pu).mean()
+    user_price_level = np.full(n_users, np.nan, dtype=np.float32)
+    user_price_level[lvl.index.to_numpy()] = lvl.to_numpy(dtype=np.float32)
+    ub = pd.DataFrame({"u": user_code, "b": basket_code}).drop_duplicates()
+    user_baskets = np.bincount(ub["u"], minlength=n_users).astype(np.float32)
+    log(f"  retrieval: item and shopper statistics ({time.perf_counter() - t0:.1f}s)")
+
+    copurchase = copurchase_counts(basket_code, item_code, n_items, top_n=config.copurchase_top_n)
+    complements = category_complements(basket_code, item_category[item_code], n_cat, prior=config.complement_prior)
+    log(f"  retrieval: co-purchase ({copurchase.nnz:,} pairs) and category complements ({time.perf_counter() - t0:.1f}s)")
+
+    # ALS on shopper rows (taste) stacked with basket rows (what goes together).
+    user_item = sp.csr_matrix((grade, (user_code, item_code)), shape=(n_users, n_items))
+    user_item.sum_duplicates()
+    rows = [user_item]
+    if config.basket_rows:
+        n_b = int(basket_code.max()) + 1 if len(basket_code) else 0
+        basket_item = sp.csr_matrix((grade, (basket_code, item_code)), shape=(n_b, n_items))
+        basket_item.sum_duplicates()
+        rows.append(basket_item)
+    matrix = sp.vstack(rows).tocsr()
+    row_factors, raw_item_factors = train_als(
+        matrix, factors=config.factors, iterations=config.iterations,
+        regularization=config.regularization, alpha=config.alpha, seed=config.seed,
+    )  # fmt: skip
+    user_factors = row_factors[:n_users]
+    log(f"  retrieval: ALS {config.factors} factors on {matrix.shape[0]:,} rows ({time.perf_counter() - t0:.1f}s)")
+
+    arts = Artifacts(
+        items=items, users=users, categories=categories, item_category=item_category, price=price,
+        catalog_price=catalog_price, price_pct=price_pct, margin=margin, in_stock=in_stock,
+        popularity=popularity, recent_popularity=recent_popularity, days_since_sale=days_since_sale,
+        pop_rank_in_cat=pop_rank_in_cat.astype(np.float32), item_factors=normalize_rows(raw_item_factors),
+        user_factors=user_factors, item_bias_factors=raw_item_factors, user_counts=user_counts,
+        user_last_day=user_last_day, user_cat_counts=user_cat_counts, user_price_level=user_price_level,
+        user_baskets=user_baskets, copurchase=copurchase, complements=complements,
+        popular_items=_popular(popularity, in_stock),
+        popular_by_category=_popular_by_category(popularity, in_stock, item_category, n_cat),
+        cut_day=cut_day, meta={"config": config.__dict__},
+    )  # fmt: skip
+    if ann_path is not None:
+        build_index(arts.item_factors, ann_path, n_trees=config.n_trees, seed=config.seed)
+        arts.ann = AnnIndex(ann_path, config.factors, search_k=config.search_k)
+        log(f"  retrieval: Annoy index, {config.n_trees} trees ({time.perf_counter() - t0:.1f}s)")
+    return arts

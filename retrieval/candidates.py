@@ -1,0 +1,171 @@
+"""Candidate sources for each strategy, fused by reciprocal rank.
+
+Cross-sell pulls complements of the anchors from the Annoy index, item
+co-purchase, the popular items of complement categories, and the shopper's own
+history; up-sell pulls pricier items of the anchor's category (popular ones, Annoy
+neighbours, and ones the shopper bought). Each source lists items best first;
+reciprocal-rank fusion (Cormack et al., SIGIR 2009) merges them into one
+retrieval score that also ranks the "retrieval only" ablation and caps the list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .artifacts import Artifacts
+
+SOURCES = ("ann", "copurchase", "complement", "history", "category", "popular")
+SOURCE_BIT = {name: np.uint8(1 << i) for i, name in enumerate(SOURCES)}
+RRF_K = 20.0
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    """How many items each source may propose (per anchor where it is per anchor)."""
+
+    ann_k: int = 80  # Annoy neighbours per anchor
+    copurchase_k: int = 80  # co-purchase partners per anchor
+    complement_categories: int = 8  # complement categories per anchor
+    complement_items: int = 10  # popular items per complement category
+    history_k: int = 60  # shopper's own purchases
+    popular_k: int = 20  # global popular items (cross-sell safety net)
+    upsell_category_k: int = 150  # pricier items of the anchor's category, by popularity
+    upsell_ann_k: int = 200  # Annoy neighbours inspected for up-sell
+    max_candidates: int = 200  # cap after fusion: what the ranker scores
+
+
+@dataclass
+class Candidates:
+    items: np.ndarray  # int64 item indices
+    anchors: np.ndarray  # int64 anchor item index per candidate (-1 = none)
+    sources: np.ndarray  # uint8 bit mask over SOURCES
+    score: np.ndarray  # float32 fused retrieval score
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def take(self, keep: np.ndarray) -> "Candidates":
+        return Candidates(self.items[keep], self.anchors[keep], self.sources[keep], self.score[keep])
+
+    def source_names(self, i: int) -> tuple[str, ...]:
+        bits = int(self.sources[i])
+        return tuple(name for name, bit in SOURCE_BIT.items() if bits & int(bit))
+
+
+class _Fuser:
+    """Accumulates ranked lists into per-item RRF score, source bits and first anchor."""
+
+    def __init__(self) -> None:
+        self.items: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
+        self.bits: list[np.ndarray] = []
+        self.anchors: list[np.ndarray] = []
+
+    def add(self, items: np.ndarray, source: str, anchor: int | np.ndarray = -1) -> None:
+        if len(items) == 0:
+            return
+        self.items.append(items.astype(np.int64, copy=False))
+        self.scores.append(1.0 / (RRF_K + np.arange(1, len(items) + 1, dtype=np.float32)))
+        self.bits.append(np.full(len(items), SOURCE_BIT[source], dtype=np.uint8))
+        self.anchors.append(np.broadcast_to(np.asarray(anchor, dtype=np.int64), items.shape))
+
+    def result(self) -> Candidates:
+        if not self.items:
+            e = np.empty(0, dtype=np.int64)
+            return Candidates(e, e.copy(), np.empty(0, np.uint8), np.empty(0, np.float32))
+        items = np.concatenate(self.items)
+        uniq, first, inverse = np.unique(items, return_index=True, return_inverse=True)
+        score = np.bincount(inverse, weights=np.concatenate(self.scores), minlength=len(uniq))
+        bits = np.zeros(len(uniq), dtype=np.uint8)
+        np.bitwise_or.at(bits, inverse, np.concatenate(self.bits))
+        return Candidates(uniq, np.concatenate(self.anchors)[first], bits, score.astype(np.float32))
+
+
+def history_items(arts: Artifacts, user: int, k: int) -> np.ndarray:
+    """The shopper's purchased items, most bought first (ties: most recent first)."""
+    if user < 0:
+        return np.empty(0, dtype=np.int64)
+    lo, hi = arts.user_counts.indptr[user], arts.user_counts.indptr[user + 1]
+    items = arts.user_counts.indices[lo:hi]
+    counts = arts.user_counts.data[lo:hi]
+    last = arts.user_last_day.data[lo:hi]  # same sparsity pattern, same order
+    order = np.lexsort((-last, -counts))[:k]
+    return items[order].astype(np.int64)
+
+
+def copurchase_partners(arts: Artifacts, item: int, k: int) -> np.ndarray:
+    lo, hi = arts.copurchase.indptr[item], arts.copurchase.indptr[item + 1]
+    partners = arts.copurchase.indices[lo:hi]
+    counts = arts.copurchase.data[lo:hi]
+    return partners[np.argsort(-counts, kind="stable")[:k]].astype(np.int64)
+
+
+def ann_neighbours(arts: Artifacts, item: int, k: int) -> np.ndarray:
+    if arts.ann is None or k <= 0:
+        return np.empty(0, dtype=np.int64)
+    ids, _ = arts.ann.query_item(int(item), k + 1)
+    return ids[ids != item]
+
+
+def cross_sell_candidates(
+    arts: Artifacts, anchors: np.ndarray, user: int, cfg: CandidateConfig
+) -> Candidates:
+    """Complements of the anchors from other categories (the caller filters categories)."""
+    fuse = _Fuser()
+    per_anchor = max(1, len(anchors))
+    for a in anchors:
+        fuse.add(copurchase_partners(arts, a, cfg.copurchase_k // per_anchor + 1), "copurchase", a)
+        fuse.add(ann_neighbours(arts, a, cfg.ann_k // per_anchor + 1), "ann", a)
+        cats = _top_complement_categories(arts, a, cfg.complement_categories)
+        if len(cats):
+            picks = [arts.popular_by_category[c][: cfg.complement_items] for c in cats]
+            # interleave so that the first complement category does not take every top rank
+            fuse.add(_interleave(picks), "complement", a)
+    fuse.add(history_items(arts, user, cfg.history_k), "history")
+    fuse.add(arts.popular_items[: cfg.popular_k], "popular")
+    return fuse.result()
+
+
+def up_sell_candidates(arts: Artifacts, anchors: np.ndarray, user: int, cfg: CandidateConfig) -> Candidates:
+    """Items of each anchor's category priced above it (band rules applied by the caller)."""
+    fuse = _Fuser()
+    hist = history_items(arts, user, cfg.history_k)
+    for a in anchors:
+        cat = arts.item_category[a]
+        pricier_than = arts.price[a]
+        same = arts.popular_by_category[cat]
+        fuse.add(same[arts.price[same] > pricier_than][: cfg.upsell_category_k], "category", a)
+        near = ann_neighbours(arts, a, cfg.upsell_ann_k)
+        near = near[(arts.item_category[near] == cat) & (arts.price[near] > pricier_than)]
+        fuse.add(near, "ann", a)
+        h = hist[(arts.item_category[hist] == cat) & (arts.price[hist] > pricier_than)]
+        fuse.add(h, "history", a)
+    return fuse.result()
+
+
+def _top_complement_categories(arts: Artifacts, item: int, n: int) -> np.ndarray:
+    row = arts.complements.lift[arts.item_category[item]]
+    top = np.argpartition(-row, min(n, len(row) - 1))[:n] if len(row) > n else np.arange(len(row))
+    top = top[np.argsort(-row[top], kind="stable")]
+    return top[row[top] > 1.0]
+
+
+def _interleave(lists: list[np.ndarray]) -> np.ndarray:
+    width = max((len(x) for x in lists), default=0)
+    if width == 0:
+        return np.empty(0, dtype=np.int64)
+    grid = np.full((len(lists), width), -1, dtype=np.int64)
+    for r, x in enumerate(lists):
+        grid[r, : len(x)] = x
+    flat = grid.T.ravel()
+    return flat[flat >= 0]
+
+
+def cap(c: Candidates, n: int) -> Candidates:
+    """Keep the n best by fused retrieval score (stable for ties)."""
+    if len(c) <= n:
+        return c
+    keep = np.argsort(-c.score, kind="stable")[:n]
+    return c.take(np.sort(keep))

@@ -1,0 +1,65 @@
+"""`xsell serve`: the gRPC ranking server (see xsell.server.workers)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_parser(subparsers) -> None:
+    from xsell.server.workers import default_workers
+
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model bundle over gRPC",
+        description="Serve cross-sell / up-sell rankings from a model bundle over gRPC "
+        "(RecommendService, health, reflection). SIGTERM drains gracefully.",
+    )
+    p.add_argument("--bundle", required=True, help="model bundle directory (written by `xsell train`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=50051, help="port; 0 = pick a free one (default %(default)s)")
+    p.add_argument(
+        "--workers", type=int, default=default_workers(),
+        help="worker processes sharing the port, each pinned to a core; 1 = in-process (default: cores, %(default)s)",
+    )
+    p.add_argument("--threads", type=int, default=8, help="gRPC threads per worker (default %(default)s)")
+    p.add_argument(
+        "--max-in-flight", type=int, default=None,
+        help="calls a worker holds before answering RESOURCE_EXHAUSTED (default 2 x threads)",
+    )
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off (default)")
+    p.add_argument("--metrics-host", default=None, help="address for /metrics (default: --host)")
+    p.add_argument(
+        "--bundle-root", default=None,
+        help="ReloadModel loads bundles only below this directory (default: the bundle's parent)",
+    )
+    p.add_argument("--grace", type=float, default=10.0, help="seconds calls in flight get at shutdown")
+    p.add_argument(
+        "--drain-delay", type=float, default=0.0,
+        help="seconds between health NOT_SERVING and refusing new calls at shutdown (default 0)",
+    )
+    p.add_argument("--no-access-log", dest="access_log", action="store_false", help="no JSON line per call")
+    p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin workers to cores")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from xsell.server.workers import ServeConfig, serve
+
+    config = ServeConfig(
+        bundle=args.bundle,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        threads=args.threads,
+        max_in_flight=args.max_in_flight,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        bundle_root=args.bundle_root,
+        grace=args.grace,
+        drain_delay=args.drain_delay,
+        access_log=args.access_log,
+        pin=args.pin,
+        log_level=logging.getLogger().getEffectiveLevel(),
+    )
+    return serve(config)

@@ -1,0 +1,1 @@
+"""Generated protobuf / gRPC code for the xsell.v1 API (see protos/xsell/v1)."""
