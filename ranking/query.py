@@ -39,11 +39,12 @@ def retrieve(
     scope: RequestScope,
     filters: Filters,
     cfg: CandidateConfig,
+    ann_cache: dict | None = None,
 ) -> Candidates:
     if strategy is Strategy.CROSS_SELL:
-        c = cross_sell_candidates(arts, anchors, user, cfg)
+        c = cross_sell_candidates(arts, anchors, user, cfg, ann_cache)
     else:
-        c = up_sell_candidates(arts, anchors, user, cfg)
+        c = up_sell_candidates(arts, anchors, user, cfg, ann_cache)
     c = cap(hard_filter(arts, c, strategy, scope, filters), cfg.max_candidates)
     if strategy is Strategy.CROSS_SELL and len(anchors) and len(c):
         # every cross-sell candidate relates to one cart item (history/popular ones too)

@@ -147,7 +147,8 @@ class Ranker:
             denied_categories=denied[denied >= 0].astype(np.int32),
             user=user,
         )
-        return {"anchors": anchors, "user": user, "unknown": unknown, "scope": scope, "fallback_reason": fallback_reason}
+        return {"anchors": anchors, "user": user, "unknown": unknown, "scope": scope,
+                "fallback_reason": fallback_reason, "ann_cache": {}}
 
     def _candidates(self, request: RankRequest, strategy: Strategy, ctx: dict) -> Candidates:
         anchors = ctx["anchors"]
@@ -159,7 +160,8 @@ class Ranker:
             return hard_filter(self.arts, c, strategy, ctx["scope"], request.filters)
         if len(anchors) == 0:
             return Candidates(*(np.empty(0, t) for t in (np.int64, np.int64, np.uint8, np.float32)))
-        return retrieve(self.arts, strategy, anchors, ctx["user"], ctx["scope"], request.filters, self.candidate_config)
+        return retrieve(self.arts, strategy, anchors, ctx["user"], ctx["scope"], request.filters,
+                        self.candidate_config, ctx["ann_cache"])
 
     def _rank_strategy(self, request, strategy, n, ctx, timings) -> tuple[list[RankedItem], int]:
         arts = self.arts

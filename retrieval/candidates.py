@@ -102,22 +102,34 @@ def copurchase_partners(arts: Artifacts, item: int, k: int) -> np.ndarray:
     return partners[np.argsort(-counts, kind="stable")[:k]].astype(np.int64)
 
 
-def ann_neighbours(arts: Artifacts, item: int, k: int) -> np.ndarray:
+def ann_neighbours(arts: Artifacts, item: int, k: int, cache: dict | None = None, fetch: int = 0) -> np.ndarray:
+    """Up to k Annoy neighbours of `item` (itself excluded), best first.
+
+    `cache` (one per request) keeps the longest list fetched per item, so the
+    cross-sell and up-sell sources of one request pay for one Annoy search;
+    `fetch` asks Annoy for that many up front when the cache will be reused.
+    """
     if arts.ann is None or k <= 0:
         return np.empty(0, dtype=np.int64)
-    ids, _ = arts.ann.query_item(int(item), k + 1)
-    return ids[ids != item]
+    asked, ids = cache.get(item, (0, None)) if cache is not None else (0, None)
+    if asked < k:
+        want = max(k, fetch if cache is not None else 0)
+        found, _ = arts.ann.query_item(int(item), want + 1)
+        ids = found[found != item]
+        if cache is not None:
+            cache[item] = (want, ids)
+    return ids[:k]
 
 
 def cross_sell_candidates(
-    arts: Artifacts, anchors: np.ndarray, user: int, cfg: CandidateConfig
+    arts: Artifacts, anchors: np.ndarray, user: int, cfg: CandidateConfig, cache: dict | None = None
 ) -> Candidates:
     """Complements of the anchors from other categories (the caller filters categories)."""
     fuse = _Fuser()
     per_anchor = max(1, len(anchors))
     for a in anchors:
         fuse.add(copurchase_partners(arts, a, cfg.copurchase_k // per_anchor + 1), "copurchase", a)
-        fuse.add(ann_neighbours(arts, a, cfg.ann_k // per_anchor + 1), "ann", a)
+        fuse.add(ann_neighbours(arts, a, cfg.ann_k // per_anchor + 1, cache, cfg.upsell_ann_k), "ann", a)
         cats = _top_complement_categories(arts, a, cfg.complement_categories)
         if len(cats):
             picks = [arts.popular_by_category[c][: cfg.complement_items] for c in cats]
@@ -128,7 +140,9 @@ def cross_sell_candidates(
     return fuse.result()
 
 
-def up_sell_candidates(arts: Artifacts, anchors: np.ndarray, user: int, cfg: CandidateConfig) -> Candidates:
+def up_sell_candidates(
+    arts: Artifacts, anchors: np.ndarray, user: int, cfg: CandidateConfig, cache: dict | None = None
+) -> Candidates:
     """Items of each anchor's category priced above it (band rules applied by the caller)."""
     fuse = _Fuser()
     hist = history_items(arts, user, cfg.history_k)
@@ -137,7 +151,7 @@ def up_sell_candidates(arts: Artifacts, anchors: np.ndarray, user: int, cfg: Can
         pricier_than = arts.price[a]
         same = arts.popular_by_category[cat]
         fuse.add(same[arts.price[same] > pricier_than][: cfg.upsell_category_k], "category", a)
-        near = ann_neighbours(arts, a, cfg.upsell_ann_k)
+        near = ann_neighbours(arts, a, cfg.upsell_ann_k, cache)
         near = near[(arts.item_category[near] == cat) & (arts.price[near] > pricier_than)]
         fuse.add(near, "ann", a)
         h = hist[(arts.item_category[hist] == cat) & (arts.price[hist] > pricier_than)]

@@ -232,15 +232,28 @@ def configure_access_log(enabled: bool = True) -> None:
         access.setLevel(logging.WARNING)
 
 
-def run_until_signalled(server: XsellServer, *, grace: float = 10.0, drain_delay: float = 0.0,
-                        signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
-    """Serve until a signal, then drain gracefully. Call from the main thread."""
+def run_until_signalled(
+    server: XsellServer,
+    *,
+    grace: float = 10.0,
+    drain_delay: float = 0.0,
+    signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+    force_on_repeat: bool = True,
+) -> None:
+    """Serve until a signal, then drain gracefully. Call from the main thread.
+
+    `force_on_repeat`: a second signal cancels the calls still running. Workers under
+    the supervisor pass False: systemd and `kill -- -PGID` signal every process of the
+    group, so a worker may get SIGTERM twice (direct and forwarded) and must keep
+    draining; the supervisor escalates with SIGKILL after the grace period instead.
+    """
     stopping = threading.Event()
 
     def handle(signum: int, _frame) -> None:
         if stopping.is_set():
-            log.warning("%s again: cancelling the calls still running", signal.Signals(signum).name)
-            threading.Thread(target=server.stop, args=(0,), daemon=True).start()
+            if force_on_repeat:
+                log.warning("%s again: cancelling the calls still running", signal.Signals(signum).name)
+                threading.Thread(target=server.stop, args=(0,), daemon=True).start()
             return
         stopping.set()
         log.info("%s: draining (health NOT_SERVING, grace %.1fs)", signal.Signals(signum).name, grace)
@@ -252,6 +265,7 @@ def run_until_signalled(server: XsellServer, *, grace: float = 10.0, drain_delay
     try:
         server.wait_for_termination()
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        if force_on_repeat:  # else keep ignoring repeats until the process exits
+            for s, h in previous.items():
+                signal.signal(s, h)
     log.info("server stopped (pid %d)", os.getpid())

@@ -62,8 +62,8 @@ def check_time_left(context: grpc.ServicerContext, *, before: str, min_seconds: 
 
     `min_seconds`: less than this is not enough for any useful work, so stop now.
     """
-    if not context.is_active():
-        raise Cancelled(f"the caller cancelled the call before {before}")
     remaining = context.time_remaining()
     if remaining is not None and remaining < min_seconds:
         raise DeadlineExpired(f"deadline expired before {before}")
+    if not context.is_active():  # checked second: an expired call is inactive too
+        raise Cancelled(f"the caller cancelled the call before {before}")

@@ -162,7 +162,12 @@ def worker_main(config: ServeConfig, slot: int, cpu: int | None, state_file: str
     server.start()
     ready.put({"slot": slot, "pid": os.getpid(), "port": port, "version": server.holder.current().version})
     log.info("worker %d ready on port %d (cpu %s)", slot, port, cpu if cpu is not None else "any")
-    run_until_signalled(server, grace=config.grace, drain_delay=config.drain_delay, signals=(signal.SIGTERM,))
+    run_until_signalled(
+        server, grace=config.grace, drain_delay=config.drain_delay, signals=(signal.SIGTERM,), force_on_repeat=False
+    )
+    # Interpreter shutdown resets Python-level handlers to the default (die on SIGTERM),
+    # but keeps SIG_IGN: a SIGTERM forwarded while exiting must not turn exit 0 into -15.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ------------------------------------------------------------ supervisor side
@@ -316,9 +321,10 @@ class Supervisor:
 
     def _shutdown(self, slots: list[_Slot]) -> bool:
         """SIGTERM every live worker, wait for the drain, SIGKILL stragglers; True if all exited 0."""
-        alive = [s.process for s in slots if s.process is not None and s.process.is_alive()]
+        alive = [s.process for s in slots if s.process is not None]
         for p in alive:
-            p.terminate()  # SIGTERM: the worker drains
+            if p.is_alive():
+                p.terminate()  # SIGTERM: the worker drains (a repeat is harmless)
         deadline = time.monotonic() + self.config.drain_delay + self.config.grace + 5.0
         for p in alive:
             p.join(max(0.0, deadline - time.monotonic()))

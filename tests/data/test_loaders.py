@@ -62,8 +62,10 @@ def assert_contract_dtypes(ds) -> None:
     ev, cat = ds.events, ds.catalog
     assert list(ev.columns[: len(EVENT_COLUMNS)]) == list(EVENT_COLUMNS)
     assert list(cat.columns[: len(CATALOG_COLUMNS)]) == list(CATALOG_COLUMNS)
-    for df, cols in ((ev, ("user_id", "item_id", "event_type", "basket_id")),
-                     (cat, ("item_id", "category", "category_path", "brand", "title"))):
+    for df, cols in (
+        (ev, ("user_id", "item_id", "event_type", "basket_id")),
+        (cat, ("item_id", "category", "category_path", "brand", "title")),
+    ):
         for c in cols:
             assert df[c].dtype == object, c
             assert all(isinstance(v, str) for v in df[c]), c
@@ -79,8 +81,11 @@ def assert_contract_dtypes(ds) -> None:
 
 
 def test_clean_files_load_with_contract_types(tmp_path):
-    ds = load_dataset(write(tmp_path, "e.csv", EVENTS), write(tmp_path, "c.csv", CATALOG),
-                      write(tmp_path, "u.csv", USERS))
+    ds = load_dataset(
+        write(tmp_path, "e.csv", EVENTS),
+        write(tmp_path, "c.csv", CATALOG),
+        write(tmp_path, "u.csv", USERS),
+    )
     assert_contract_dtypes(ds)
     assert ds.report.total_dropped() == 0
     assert ds.report.rows_read == {"catalog": 3, "events": 4, "users": 2}
@@ -110,8 +115,12 @@ def test_loaded_catalog_written_back_loads_unchanged(tmp_path):
 def test_defaults_fill_missing_optional_columns(tmp_path):
     catalog = write(tmp_path, "c.csv", "item_id,category,price\nA,x,1.5\nB,y,4\n")
     # 23:30 at -02:00 is 01:30 UTC the next day: the default basket uses the UTC day.
-    events = write(tmp_path, "e.csv", "user_id,item_id,timestamp\nu1,A,2024-01-01T23:30:00-02:00\n"
-                                      "u1,B,2024-01-02T00:10:00Z\nu2,B,1704067200\n")
+    events = write(
+        tmp_path,
+        "e.csv",
+        "user_id,item_id,timestamp\nu1,A,2024-01-01T23:30:00-02:00\n"
+        "u1,B,2024-01-02T00:10:00Z\nu2,B,1704067200\n",
+    )
     ds = load_dataset(events, catalog)
     ev, cat = ds.events, ds.catalog
     assert ev["event_type"].tolist() == ["purchase"] * 3
@@ -122,15 +131,25 @@ def test_defaults_fill_missing_optional_columns(tmp_path):
     assert cat["in_stock"].tolist() == [True, True]
     assert cat["cost"].isna().all()
     assert ds.report.defaults_filled == {
-        "events.event_type": 3, "events.quantity": 3, "events.unit_price": 3, "events.basket_id": 3,
-        "catalog.cost": 2, "catalog.brand": 2, "catalog.title": 2, "catalog.in_stock": 2,
+        "events.event_type": 3,
+        "events.quantity": 3,
+        "events.unit_price": 3,
+        "events.basket_id": 3,
+        "catalog.cost": 2,
+        "catalog.brand": 2,
+        "catalog.title": 2,
+        "catalog.in_stock": 2,
     }
     assert_contract_dtypes(ds)
 
 
 def test_blank_cells_of_optional_columns_get_defaults(tmp_path):
-    events = write(tmp_path, "e.csv", "user_id,item_id,timestamp,event_type,quantity,unit_price,basket_id\n"
-                                      "u1,A,1704067200,,,,\nu1,A,1704067200,View,2,1,b\n")
+    events = write(
+        tmp_path,
+        "e.csv",
+        "user_id,item_id,timestamp,event_type,quantity,unit_price,basket_id\n"
+        "u1,A,1704067200,,,,\nu1,A,1704067200,View,2,1,b\n",
+    )
     ds = load_dataset(events, write(tmp_path, "c.csv", CATALOG))
     assert ds.events["event_type"].tolist() == ["purchase", "view"]
     assert ds.events["quantity"].tolist() == [1.0, 2.0]
@@ -141,7 +160,9 @@ def test_blank_cells_of_optional_columns_get_defaults(tmp_path):
 
 def test_ids_keep_leading_zeros_and_extra_columns_are_kept(tmp_path):
     catalog = write(tmp_path, "c.csv", "item_id,category,price,colour\n0042,x,1,red\n")
-    events = write(tmp_path, "e.csv", "user_id,item_id,timestamp,channel\n007,0042,1704067200,web\n")
+    events = write(
+        tmp_path, "e.csv", "user_id,item_id,timestamp,channel\n007,0042,1704067200,web\n"
+    )
     ds = load_dataset(events, catalog)
     assert ds.events["user_id"].tolist() == ["007"] and ds.events["item_id"].tolist() == ["0042"]
     assert ds.events["channel"].tolist() == ["web"]
@@ -158,21 +179,31 @@ def test_gzip_csv_and_utf8_bom_are_read(tmp_path):
 
 def test_parquet_with_native_types_matches_csv(tmp_path):
     csv_ds = load_dataset(write(tmp_path, "e.csv", EVENTS), write(tmp_path, "c.csv", CATALOG))
-    ev = pd.DataFrame({
-        "user_id": ["u1", "u1", "u2", "u2"],
-        "item_id": ["A", "B", "C", "A"],
-        "timestamp": pd.to_datetime([1704189600] * 4, unit="s"),  # naive = UTC
-        "event_type": ["purchase", "view", "cart", "purchase"],
-        "quantity": [2, 1, 1, 3],  # int column
-        "unit_price": [1.40, 2.00, 3.25, 1.50],
-        "basket_id": ["o1", "o1", "o2", "o2"],
-    })
-    cat = pd.DataFrame({
-        "item_id": ["A", "B", "C"], "category": ["food/dairy/milk", "snacks", "snacks"],
-        "price": [1.5, 2.0, 3.25], "cost": [1.0, 1.2, None], "brand": ["private", "national", "national"],
-        "title": ["Milk", "Chips", "Nuts"], "in_stock": [True, False, True],
-    })
-    pq_ds = load_dataset(write_table(ev, tmp_path / "e.parquet"), write_table(cat, tmp_path / "c.pq"))
+    ev = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u2", "u2"],
+            "item_id": ["A", "B", "C", "A"],
+            "timestamp": pd.to_datetime([1704189600] * 4, unit="s"),  # naive = UTC
+            "event_type": ["purchase", "view", "cart", "purchase"],
+            "quantity": [2, 1, 1, 3],  # int column
+            "unit_price": [1.40, 2.00, 3.25, 1.50],
+            "basket_id": ["o1", "o1", "o2", "o2"],
+        }
+    )
+    cat = pd.DataFrame(
+        {
+            "item_id": ["A", "B", "C"],
+            "category": ["food/dairy/milk", "snacks", "snacks"],
+            "price": [1.5, 2.0, 3.25],
+            "cost": [1.0, 1.2, None],
+            "brand": ["private", "national", "national"],
+            "title": ["Milk", "Chips", "Nuts"],
+            "in_stock": [True, False, True],
+        }
+    )
+    pq_ds = load_dataset(
+        write_table(ev, tmp_path / "e.parquet"), write_table(cat, tmp_path / "c.pq")
+    )
     pd.testing.assert_frame_equal(pq_ds.events, csv_ds.events)
     pd.testing.assert_frame_equal(pq_ds.catalog, csv_ds.catalog)
 
@@ -180,8 +211,13 @@ def test_parquet_with_native_types_matches_csv(tmp_path):
 def test_parquet_integer_ids_become_text(tmp_path):
     cat = pa.table({"item_id": pa.array([10, 11]), "category": ["x", "y"], "price": [1.0, 2.0]})
     pq.write_table(cat, tmp_path / "c.parquet")
-    ev = pa.table({"user_id": pa.array([7.0, 8.0]), "item_id": pa.array([10, 11]),
-                   "timestamp": pa.array([1704067200, 1704067201])})
+    ev = pa.table(
+        {
+            "user_id": pa.array([7.0, 8.0]),
+            "item_id": pa.array([10, 11]),
+            "timestamp": pa.array([1704067200, 1704067201]),
+        }
+    )
     pq.write_table(ev, tmp_path / "e.parquet")
     ds = load_dataset(tmp_path / "e.parquet", tmp_path / "c.parquet")
     assert ds.catalog["item_id"].tolist() == ["10", "11"]
@@ -264,15 +300,20 @@ def test_report_counts_by_reason_and_caps_examples(tmp_path):
     rows += ["Z,x,abc"]  # both not-a-number ...
     rows += [",,-5"]  # ... and a row with three problems counts once (first column: item_id)
     rows += [f"OK{i},x,1" for i in range(3)]
-    ds_report = load_dataset(write(tmp_path, "e.csv", "user_id,item_id,timestamp\n"),
-                             write(tmp_path, "c.csv", "\n".join(rows) + "\n")).report
+    ds_report = load_dataset(
+        write(tmp_path, "e.csv", "user_id,item_id,timestamp\n"),
+        write(tmp_path, "c.csv", "\n".join(rows) + "\n"),
+    ).report
     assert ds_report.dropped["catalog"] == {
-        "price: negative": 7, "category: missing value": 2, "price: not a number": 1, "item_id: empty id": 1,
+        "price: negative": 7,
+        "category: missing value": 2,
+        "price: not a number": 1,
+        "item_id: empty id": 1,
     }
     assert ds_report.rows_read["catalog"] == 14 and ds_report.rows_kept["catalog"] == 3
     negative = ds_report.examples["catalog/price: negative"]
     assert len(negative) == MAX_EXAMPLES
-    assert [f"row {r}," in m for r, m in zip(range(2, 7), negative)] == [True] * MAX_EXAMPLES
+    assert [f"row {r}," in m for r, m in zip(range(2, 7), negative, strict=True)] == [True] * 5
     assert "row 12" in ds_report.examples["catalog/item_id: empty id"][0]
 
 
@@ -305,10 +346,18 @@ def test_malformed_csv_row_is_counted_with_its_line(tmp_path):
 # ----------------------------------------------------------------- fatal problems
 
 
-@pytest.mark.parametrize(("table", "column"), [
-    ("events", "user_id"), ("events", "item_id"), ("events", "timestamp"),
-    ("catalog", "item_id"), ("catalog", "category"), ("catalog", "price"), ("users", "user_id"),
-])
+@pytest.mark.parametrize(
+    ("table", "column"),
+    [
+        ("events", "user_id"),
+        ("events", "item_id"),
+        ("events", "timestamp"),
+        ("catalog", "item_id"),
+        ("catalog", "category"),
+        ("catalog", "price"),
+        ("users", "user_id"),
+    ],
+)
 def test_missing_required_column_is_fatal(tmp_path, table, column):
     texts = {"catalog": CATALOG, "events": EVENTS, "users": USERS}
     header, rest = texts[table].split("\n", 1)
@@ -397,7 +446,9 @@ def test_fingerprint_is_content_hash(tmp_path):
 # ----------------------------------------------------------------- properties
 
 _text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=12
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    min_size=1,
+    max_size=12,
 ).filter(lambda s: s.strip() != "")
 _leaf = _text.filter(lambda s: "/" not in s and s == s.strip())
 _money = st.floats(min_value=0.0, max_value=1e7, allow_nan=False, allow_infinity=False)
@@ -407,36 +458,64 @@ _money = st.floats(min_value=0.0, max_value=1e7, allow_nan=False, allow_infinity
 def valid_frames(draw):
     items = draw(st.lists(_text, min_size=1, max_size=8, unique=True))
     n = len(items)
-    catalog = pd.DataFrame({
-        "item_id": pd.Series(items, dtype=object),
-        "category": pd.Series(draw(st.lists(_leaf, min_size=n, max_size=n)), dtype=object),
-        "price": draw(st.lists(_money, min_size=n, max_size=n)),
-        "cost": draw(st.lists(st.one_of(st.just(float("nan")), _money), min_size=n, max_size=n)),
-        "brand": pd.Series(draw(st.lists(st.sampled_from(["", "private", "national"]), min_size=n, max_size=n)),
-                           dtype=object),
-        "title": pd.Series(draw(st.lists(st.one_of(st.just(""), _text), min_size=n, max_size=n)), dtype=object),
-        "in_stock": draw(st.lists(st.booleans(), min_size=n, max_size=n)),
-    })
+    catalog = pd.DataFrame(
+        {
+            "item_id": pd.Series(items, dtype=object),
+            "category": pd.Series(draw(st.lists(_leaf, min_size=n, max_size=n)), dtype=object),
+            "price": draw(st.lists(_money, min_size=n, max_size=n)),
+            "cost": draw(
+                st.lists(st.one_of(st.just(float("nan")), _money), min_size=n, max_size=n)
+            ),
+            "brand": pd.Series(
+                draw(
+                    st.lists(st.sampled_from(["", "private", "national"]), min_size=n, max_size=n)
+                ),
+                dtype=object,
+            ),
+            "title": pd.Series(
+                draw(st.lists(st.one_of(st.just(""), _text), min_size=n, max_size=n)), dtype=object
+            ),
+            "in_stock": draw(st.lists(st.booleans(), min_size=n, max_size=n)),
+        }
+    )
     m = draw(st.integers(0, 12))
-    events = pd.DataFrame({
-        "user_id": pd.Series(draw(st.lists(_text, min_size=m, max_size=m)), dtype=object),
-        "item_id": pd.Series(draw(st.lists(st.sampled_from(items), min_size=m, max_size=m)), dtype=object),
-        "timestamp": np.array(draw(st.lists(st.integers(0, 4_102_444_799), min_size=m, max_size=m)), dtype=np.int64),
-        "event_type": pd.Series(draw(st.lists(st.sampled_from(sorted(EVENT_GRADES)), min_size=m, max_size=m)),
-                                dtype=object),
-        "quantity": np.array(draw(st.lists(st.floats(1e-6, 1e6), min_size=m, max_size=m)), dtype=np.float64),
-        "unit_price": np.array(draw(st.lists(_money, min_size=m, max_size=m)), dtype=np.float64),
-        "basket_id": pd.Series(draw(st.lists(_text, min_size=m, max_size=m)), dtype=object),
-    })
+    events = pd.DataFrame(
+        {
+            "user_id": pd.Series(draw(st.lists(_text, min_size=m, max_size=m)), dtype=object),
+            "item_id": pd.Series(
+                draw(st.lists(st.sampled_from(items), min_size=m, max_size=m)), dtype=object
+            ),
+            "timestamp": np.array(
+                draw(st.lists(st.integers(0, 4_102_444_799), min_size=m, max_size=m)),
+                dtype=np.int64,
+            ),
+            "event_type": pd.Series(
+                draw(st.lists(st.sampled_from(sorted(EVENT_GRADES)), min_size=m, max_size=m)),
+                dtype=object,
+            ),
+            "quantity": np.array(
+                draw(st.lists(st.floats(1e-6, 1e6), min_size=m, max_size=m)), dtype=np.float64
+            ),
+            "unit_price": np.array(
+                draw(st.lists(_money, min_size=m, max_size=m)), dtype=np.float64
+            ),
+            "basket_id": pd.Series(draw(st.lists(_text, min_size=m, max_size=m)), dtype=object),
+        }
+    )
     return events, catalog
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(frames=valid_frames(), fmt=st.sampled_from(["csv", "parquet", "csv.gz"]))
 def test_valid_frames_round_trip_unchanged(tmp_path, frames, fmt):
     events, catalog = frames
-    ds = load_dataset(write_table(events, tmp_path / f"e.{fmt}"), write_table(catalog, tmp_path / f"c.{fmt}"),
-                      strict=True)
+    ds = load_dataset(
+        write_table(events, tmp_path / f"e.{fmt}"),
+        write_table(catalog, tmp_path / f"c.{fmt}"),
+        strict=True,
+    )
     pd.testing.assert_frame_equal(ds.events, events)
     expected = catalog.copy()
     expected.insert(2, "category_path", catalog["category"])
@@ -454,15 +533,24 @@ _BAD = {  # column -> values that must each drop the row
 }
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_every_row_is_kept_or_counted(tmp_path, data):
     """Random corruption: the kept rows are exactly the clean ones, the rest are counted."""
     n = data.draw(st.integers(1, 30))
     rows, clean = [], []
     for i in range(n):
-        cells = {"user_id": f"u{i % 4}", "item_id": "ABC"[i % 3], "timestamp": str(1704067200 + i),
-                 "event_type": "view", "quantity": "1", "unit_price": "2.5", "tag": f"t{i}"}
+        cells = {
+            "user_id": f"u{i % 4}",
+            "item_id": "ABC"[i % 3],
+            "timestamp": str(1704067200 + i),
+            "event_type": "view",
+            "quantity": "1",
+            "unit_price": "2.5",
+            "tag": f"t{i}",
+        }
         column = data.draw(st.sampled_from([None, *_BAD]))
         if column is not None:
             cells[column] = data.draw(st.sampled_from(_BAD[column]))

@@ -144,9 +144,14 @@ class ServeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def terminate(self, timeout: float = 30.0) -> int:
+    def terminate(self, timeout: float = 30.0, *, group: bool = False) -> int:
+        """SIGTERM the supervisor (or, with `group`, every process of its group, as
+        systemd does), then wait for it to exit; returns the exit code."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            if group:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            else:
+                self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
 
 
@@ -155,7 +160,8 @@ def start_serve(bundle: Path, log_path: Path, *args: str, timeout: float = 60.0)
     cmd = [sys.executable, "-m", "xsell.cli", "serve", "--bundle", str(bundle), "--port", "0", *args]
     log_file = open(log_path, "wb")  # noqa: SIM115 - the child owns it
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, env=env)
+    # its own session: signals to its process group reach it and its workers only
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, env=env, start_new_session=True)
     log_file.close()
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None

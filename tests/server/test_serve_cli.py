@@ -1,0 +1,125 @@
+"""`xsell serve` as a real subprocess: worker processes sharing a port, reload reaching
+every worker, multiprocess metrics, and the SIGTERM drain."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from xsell.v1 import xsell_pb2 as pb
+from xsell.v1 import xsell_pb2_grpc as pb_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric_samples(port: int, name: str) -> list:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return [s for family in text_string_to_metric_families(body) for s in family.samples if s.name == name]
+
+
+def model_info(port: int) -> tuple[int, pb.GetModelInfoResponse]:
+    """(worker pid, info) over a fresh connection: SO_REUSEPORT picks a worker per connection."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        info, call = pb_grpc.RecommendServiceStub(channel).GetModelInfo.with_call(pb.GetModelInfoRequest(), timeout=10)
+        return int(dict(call.trailing_metadata())["xsell-worker-pid"]), info
+
+
+def test_two_workers_share_the_port_and_reload_together(serve_cli, bundle_dir, bundle_root, copy_bundle, ranker):
+    metrics_port = free_port()
+    proc = serve_cli(bundle_dir, "--workers", "2", "--metrics-port", str(metrics_port), "--no-access-log")
+    assert len(proc.pids) == 2 and proc.process.pid not in proc.pids
+
+    calls = 0
+    seen: dict[int, str] = {}
+    while len(seen) < 2 and calls < 60:
+        pid, info = model_info(proc.port)
+        calls += 1
+        seen[pid] = info.model_version
+    assert set(seen) == set(proc.pids), f"only {sorted(seen)} answered in {calls} connections"
+    assert set(seen.values()) == {ranker.version}
+    if len(os.sched_getaffinity(0)) >= 2:
+        pinned = [os.sched_getaffinity(pid) for pid in proc.pids]
+        assert all(len(cpus) == 1 for cpus in pinned) and pinned[0] != pinned[1]
+
+    # A reload taken by one worker reaches the other through the supervisor's state file.
+    version = f"cli-{uuid.uuid4().hex[:8]}"
+    new = copy_bundle(bundle_dir, bundle_root / version, version=version)
+    with grpc.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
+        reply = pb_grpc.RecommendServiceStub(channel).ReloadModel(pb.ReloadModelRequest(bundle_path=str(new)), timeout=30)
+    assert reply.model_version == version
+    updated: set[int] = set()
+    infos = 0
+    deadline = time.monotonic() + 20
+    while updated != set(proc.pids) and time.monotonic() < deadline:
+        pid, info = model_info(proc.port)
+        infos += 1
+        if info.model_version == version:
+            assert info.bundle_path == str(new.resolve())
+            updated.add(pid)
+        else:
+            time.sleep(0.05)
+    assert updated == set(proc.pids), proc.log()[-3000:]
+
+    # Metrics summed over both workers: every GetModelInfo call above is counted once.
+    got = sum(s.value for s in metric_samples(metrics_port, "xsell_requests_total")
+              if s.labels == {"method": "GetModelInfo", "code": "OK"})  # fmt: skip
+    assert got == calls + infos
+    serving = {s.labels["pid"] for s in metric_samples(metrics_port, "xsell_model_info")
+               if s.labels["version"] == version and s.value == 1}  # fmt: skip
+    assert serving == {str(p) for p in proc.pids}
+
+    assert proc.terminate() == 0, proc.log()[-3000:]
+
+
+@pytest.mark.parametrize(("workers", "group"), [(1, False), (2, False), (2, True)], ids=["in-process", "supervisor", "process-group"])
+def test_sigterm_drains_calls_in_flight(serve_cli, bundle_dir, facts, workers, group):
+    """SIGTERM to the server (or to its whole process group, as systemd sends it):
+    the calls in flight complete, and the command exits 0."""
+    metrics_port = free_port()
+    proc = serve_cli(bundle_dir, "--workers", str(workers), "--metrics-port", str(metrics_port), "--grace", "30")
+    items = facts.items_by_popularity
+    batch = pb.RecommendBatchRequest(requests=[
+        pb.RecommendRequest(cart=[pb.CartLine(item_id=items[(5 * k + j) % len(items)]) for j in range(3)],
+                            explain=True, limit=100)
+        for k in range(24)
+    ])  # fmt: skip
+    n_calls = 3
+    channels = [
+        grpc.insecure_channel(f"127.0.0.1:{proc.port}", options=[("grpc.max_receive_message_length", 64 << 20)])
+        for _ in range(n_calls)
+    ]
+    try:
+        with ThreadPoolExecutor(n_calls) as pool:
+            futures = [pool.submit(pb_grpc.RecommendServiceStub(ch).RecommendBatch, batch, timeout=60) for ch in channels]
+
+            def in_flight() -> float:
+                return sum(s.value for s in metric_samples(metrics_port, "xsell_in_flight_requests"))
+
+            deadline = time.monotonic() + 10
+            while in_flight() < n_calls and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert in_flight() == n_calls, "the calls never were in flight together"
+            code = proc.terminate(timeout=60, group=group)
+            assert not any(f.exception() for f in futures), [f.exception() for f in futures]
+            assert all(len(f.result().responses) == len(batch.requests) for f in futures)
+    finally:
+        for ch in channels:
+            ch.close()
+    assert code == 0, proc.log()[-3000:]
+    assert "draining" in proc.log()
+    with grpc.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.RecommendServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=2)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
