@@ -208,18 +208,47 @@ def test_parquet_with_native_types_matches_csv(tmp_path):
     pd.testing.assert_frame_equal(pq_ds.catalog, csv_ds.catalog)
 
 
+def test_parquet_saved_index_is_not_an_extra_column(tmp_path):
+    cat = pd.DataFrame({"item_id": ["A", "B"], "category": ["x", "y"], "price": [1.0, 2.0]})
+    cat.index = pd.Index([10, 20], name="old_index")
+    cat.to_parquet(tmp_path / "c.parquet")  # index saved as a column
+    assert "old_index" in pq.read_table(tmp_path / "c.parquet").column_names
+    loaded = load_catalog(tmp_path / "c.parquet")
+    assert list(loaded.columns) == list(CATALOG_COLUMNS)
+
+
+def test_parquet_nan_is_a_blank_cell(tmp_path):
+    nan = float("nan")
+    cat = pa.table(
+        {
+            "item_id": ["A", "B"],
+            "category": ["x", "y"],
+            "price": [1.0, nan],
+            "cost": pa.array([nan, 0.5], type=pa.float64()),
+        }
+    )
+    assert cat.column("cost").null_count == 0  # a real NaN, not a null
+    pq.write_table(cat, tmp_path / "c.parquet")
+    rep = load_dataset(
+        write(tmp_path, "e.csv", "user_id,item_id,timestamp\n"), tmp_path / "c.parquet"
+    ).report
+    assert rep.dropped["catalog"] == {"price: missing value": 1}
+    assert rep.defaults_filled["catalog.cost"] == 1
+
+
 def test_parquet_integer_ids_become_text(tmp_path):
     cat = pa.table({"item_id": pa.array([10, 11]), "category": ["x", "y"], "price": [1.0, 2.0]})
     pq.write_table(cat, tmp_path / "c.parquet")
     ev = pa.table(
         {
-            "user_id": pa.array([7.0, 8.0]),
-            "item_id": pa.array([10, 11]),
-            "timestamp": pa.array([1704067200, 1704067201]),
+            "user_id": pa.array([7.0, 8.0, None]),  # a NaN-holding id column
+            "item_id": pa.array([10, 11, 10]),
+            "timestamp": pa.array([1704067200, 1704067201, 1704067202]),
         }
     )
     pq.write_table(ev, tmp_path / "e.parquet")
     ds = load_dataset(tmp_path / "e.parquet", tmp_path / "c.parquet")
+    assert ds.report.dropped["events"] == {"user_id: empty id": 1}
     assert ds.catalog["item_id"].tolist() == ["10", "11"]
     assert ds.events["user_id"].tolist() == ["7", "8"]
     assert_contract_dtypes(ds)
