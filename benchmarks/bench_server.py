@@ -53,7 +53,9 @@ def basket_carts(events_path: str, n: int, seed: int = 0) -> list[tuple[str, tup
     sizes = firsts.groupby("basket_id")["item_id"].transform("size")
     big = firsts[sizes.to_numpy() >= 3]
     groups = big.groupby("basket_id", sort=True)
-    baskets = [(str(g["user_id"].iloc[0]), tuple(map(str, g["item_id"].iloc[:3]))) for _, g in groups]
+    baskets = [
+        (str(g["user_id"].iloc[0]), tuple(map(str, g["item_id"].iloc[:3]))) for _, g in groups
+    ]
     if not baskets:
         raise SystemExit(f"{events_path}: no basket with 3 or more distinct purchased items")
     rng = np.random.default_rng(seed)
@@ -100,7 +102,10 @@ def bench_in_process(bundle: str, carts, runs: int) -> dict:
         "requests": len(requests),
         "version": ranker.version,
         "candidates_mean": {"cross_sell": float(np.mean(cross)), "up_sell": float(np.mean(up))},
-        "ms": {key: [statistics.median(run[key][k] for run in per_run) for k in (0, 1)] for key in per_run[0]},
+        "ms": {
+            key: [statistics.median(run[key][k] for run in per_run) for k in (0, 1)]
+            for key in per_run[0]
+        },
         "runs": per_run,
     }
 
@@ -108,7 +113,9 @@ def bench_in_process(bundle: str, carts, runs: int) -> dict:
 # ---------------------------------------------------------------- (b) over gRPC
 
 
-def _caller_process(port: int, kind: str, carts, threads: int, seconds: float, start_at: float, out) -> None:
+def _caller_process(
+    port: int, kind: str, carts, threads: int, seconds: float, start_at: float, out
+) -> None:
     """One load-generator process: `threads` closed-loop callers, one connection each."""
     import threading
 
@@ -120,7 +127,9 @@ def _caller_process(port: int, kind: str, carts, threads: int, seconds: float, s
 
     def caller(k: int, latencies: list, errors: list) -> None:
         # a local subchannel pool: every caller gets its own TCP connection
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
         if kind == "health":
             stub = health_pb2_grpc.HealthStub(channel)
             reqs = [health_pb2.HealthCheckRequest()]
@@ -163,7 +172,10 @@ def load_run(port: int, kind: str, carts, *, callers: int, processes: int, secon
     start_at = time.time() + 3.0  # time for every process to import and connect
     per = callers // processes
     procs = [
-        ctx.Process(target=_caller_process, args=(port, kind, carts[p::processes], per, seconds, start_at, out))
+        ctx.Process(
+            target=_caller_process,
+            args=(port, kind, carts[p::processes], per, seconds, start_at, out),
+        )
         for p in range(processes)
     ]
     for p in procs:
@@ -174,13 +186,23 @@ def load_run(port: int, kind: str, carts, *, callers: int, processes: int, secon
     latencies = [x for r in results for x in r["latencies"]]
     errors = [e for r in results for e in r["errors"]]
     p50, p99 = percentiles(latencies) if latencies else (float("nan"), float("nan"))
-    return {"qps": len(latencies) / seconds, "p50_ms": p50, "p99_ms": p99, "calls": len(latencies), "errors": len(errors)}
+    return {
+        "qps": len(latencies) / seconds,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "calls": len(latencies),
+        "errors": len(errors),
+    }
 
 
-def bench_grpc(bundle: str, carts, *, runs: int, seconds: float, callers: int = 16, processes: int = 2) -> dict:
+def bench_grpc(
+    bundle: str, carts, *, runs: int, seconds: float, callers: int = 16, processes: int = 2
+) -> dict:
     cmd = [sys.executable, "-m", "xsell.cli", "serve", "--bundle", bundle, "--port", "0", "--workers", "2",
            "--no-access-log", "--threads", "8", "--max-in-flight", "64"]  # fmt: skip
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         assert server.stdout is not None
         line = server.stdout.readline().decode()
@@ -190,8 +212,16 @@ def bench_grpc(bundle: str, carts, *, runs: int, seconds: float, callers: int = 
         port = int(match[1])
         rec, hc = [], []
         for _ in range(runs):
-            rec.append(load_run(port, "recommend", carts, callers=callers, processes=processes, seconds=seconds))
-            hc.append(load_run(port, "health", carts, callers=callers, processes=processes, seconds=seconds))
+            rec.append(
+                load_run(
+                    port, "recommend", carts, callers=callers, processes=processes, seconds=seconds
+                )
+            )
+            hc.append(
+                load_run(
+                    port, "health", carts, callers=callers, processes=processes, seconds=seconds
+                )
+            )
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(60)
@@ -206,7 +236,9 @@ def bench_grpc(bundle: str, carts, *, runs: int, seconds: float, callers: int = 
         "callers": callers,
         "seconds": seconds,
     }
-    summary["qps_ratio_recommend_to_health"] = summary["recommend"]["qps"] / summary["health"]["qps"]
+    summary["qps_ratio_recommend_to_health"] = (
+        summary["recommend"]["qps"] / summary["health"]["qps"]
+    )
     summary["runs"] = {"recommend": rec, "health": hc}
     return summary
 
@@ -227,9 +259,16 @@ def host() -> str:
 
 
 def report(a: dict, b: dict | None) -> str:
-    lines = [f"host: {host()}", f"bundle version {a['version']}, {a['requests']} requests (3-item carts, BOTH)", ""]
+    lines = [
+        f"host: {host()}",
+        f"bundle version {a['version']}, {a['requests']} requests (3-item carts, BOTH)",
+        "",
+    ]
     c = a["candidates_mean"]
-    lines += [f"candidates scored per request: cross-sell {c['cross_sell']:.0f}, up-sell {c['up_sell']:.0f}", ""]
+    lines += [
+        f"candidates scored per request: cross-sell {c['cross_sell']:.0f}, up-sell {c['up_sell']:.0f}",
+        "",
+    ]
     lines += ["| in-process (1 thread) | p50 ms | p99 ms |", "|---|---:|---:|"]
     for key in ("total", *STAGES):
         p50, p99 = a["ms"][key]
@@ -245,9 +284,13 @@ def report(a: dict, b: dict | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--bundle", required=True)
-    p.add_argument("--events", required=True, help="events file the carts are drawn from (CSV or Parquet)")
+    p.add_argument(
+        "--events", required=True, help="events file the carts are drawn from (CSV or Parquet)"
+    )
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--seconds", type=float, default=10.0, help="length of each gRPC load run")
     p.add_argument("--runs", type=int, default=3)
@@ -258,10 +301,16 @@ def main(argv: list[str] | None = None) -> int:
 
     carts = basket_carts(args.events, args.requests, args.seed)
     a = bench_in_process(args.bundle, carts, args.runs)
-    b = None if args.skip_grpc else bench_grpc(args.bundle, carts, runs=args.runs, seconds=args.seconds)
+    b = (
+        None
+        if args.skip_grpc
+        else bench_grpc(args.bundle, carts, runs=args.runs, seconds=args.seconds)
+    )
     print(report(a, b))
     if args.json:
-        Path(args.json).write_text(json.dumps({"host": host(), "in_process": a, "grpc": b}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"host": host(), "in_process": a, "grpc": b}, indent=2)
+        )
     return 0
 
 

@@ -40,6 +40,12 @@ def reason_text(name: str, value: float, arts: Artifacts, item: int, anchor: int
         return f"popular: in {math.expm1(value):.0f} baskets" + (" recently" if "recent" in name else "")
     if name == "user_cat_count_log":
         return f"this shopper bought in this category {math.expm1(value):.0f} times"
+    if name == "retrieval_score":
+        return "proposed early by several retrieval sources"
+    if name.startswith("src_"):
+        return f"proposed by the {name[4:]} source"
+    if name == "pop_rank_in_cat":
+        return "a top seller of its category" if value < 0.1 else "a regular seller of its category"
     return f"{name} = {value:.3g}"
 
 

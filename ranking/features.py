@@ -194,7 +194,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("n_anchors", "retrieval", "number of known anchors in the cart",
             lambda b: np.full(len(b.items), b.n_anchors, dtype=F32)),
     *(Feature(f"src_{s}", "retrieval", f"1 if the '{s}' source proposed the candidate", _source(s))
-      for s in ("ann", "copurchase", "complement", "history", "category")),
+      for s in ("ann", "copurchase", "complement", "history", "category", "taste")),
 )  # fmt: skip
 
 FEATURES_BY_NAME = {f.name: f for f in FEATURES}

@@ -128,22 +128,34 @@ def _cross_sell_queries(arts: Artifacts, window: pd.DataFrame, cfg: TrainConfig,
     anchor_rows = lines[lines.groupby("basket_id")["r"].rank(method="first") <= cfg.anchors_per_basket]
     if len(anchor_rows) > cfg.max_queries:
         anchor_rows = anchor_rows.sample(cfg.max_queries, random_state=cfg.seed)
-    by_basket = {b: g for b, g in lines.groupby("basket_id", sort=False)}
+    # per basket: its line items, grades and categories as numpy slices
+    lines = lines.sort_values("basket_id", kind="stable")
+    starts = dict(zip(*np.unique(lines["basket_id"].to_numpy(), return_index=True)))
+    l_item = lines["item"].to_numpy()
+    l_grade = lines["grade"].to_numpy(dtype=np.float64)
+    l_cat = lines["cat"].to_numpy()
+    l_size = lines.groupby("basket_id", sort=False)["item"].transform("size").to_numpy()
     for row in anchor_rows.itertuples(index=False):
-        basket = by_basket[row.basket_id]
-        rel = basket[(basket["cat"] != row.cat) & (basket["item"] != row.item)]
-        if rel.empty:
+        lo = starts[row.basket_id]
+        hi = lo + l_size[lo]
+        rel = (l_cat[lo:hi] != row.cat) & (l_item[lo:hi] != row.item)
+        n_rel = int(rel.sum())
+        if n_rel == 0:
             continue
         a = np.asarray([row.item], dtype=np.int64)
         user = arts.users.get(row.user_id)
         c = retrieve(arts, Strategy.CROSS_SELL, a, user, scope_for(arts, a, user), NO_FILTERS, cfg.candidates)
         if len(c) == 0:
-            q.positives += len(rel)
+            q.positives += n_rel
             continue
-        grades = pd.Series(rel["grade"].to_numpy(), index=rel["item"].to_numpy())
-        y = grades.reindex(c.items).fillna(0).to_numpy(dtype=np.float64)
+        rel_items, rel_grades = l_item[lo:hi][rel], l_grade[lo:hi][rel]
+        y = np.zeros(len(c), dtype=np.float64)
+        pos = np.searchsorted(c.items, rel_items)  # candidates are sorted by item index
+        pos_c = np.minimum(pos, len(c) - 1)
+        hit = c.items[pos_c] == rel_items
+        y[pos_c[hit]] = rel_grades[hit]
         x = feature_matrix(PairBatch(arts, c.items, c.anchors, user, c.sources, c.score, 1), features)
-        q.add(x, y, c.score, row.user_id, len(rel))
+        q.add(x, y, c.score, row.user_id, n_rel)
     return q
 
 

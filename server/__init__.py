@@ -27,7 +27,16 @@ _EXPORTS = {
     "serve": "xsell.server.workers",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ModelHolder",
+    "RecommendServicer",
+    "ServeConfig",
+    "XsellServer",
+    "create_server",
+    "resolve_bundle_path",
+    "run_until_signalled",
+    "serve",
+]
 
 
 def __getattr__(name: str):

@@ -188,7 +188,11 @@ def create_server(
     elif ranker_or_bundle_dir is not None:
         startup_bundle = Path(os.path.realpath(ranker_or_bundle_dir.bundle_dir))
         holder.set(ranker_or_bundle_dir)
-    root = Path(bundle_root) if bundle_root is not None else (startup_bundle.parent if startup_bundle else None)
+    root = (
+        Path(bundle_root)
+        if bundle_root is not None
+        else (startup_bundle.parent if startup_bundle else None)
+    )
 
     broadcast = None
     if reload_state_file is not None:
@@ -204,7 +208,9 @@ def create_server(
     )
     pb_grpc.add_RecommendServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     address = _address(host, port)
     try:
         bound = server.add_insecure_port(address)
@@ -213,7 +219,12 @@ def create_server(
     if bound == 0:
         raise BindError(f"cannot listen on {address}")
     wrapped = XsellServer(
-        server, port=bound, holder=holder, health_servicer=health_servicer, metrics=metrics, broadcast=broadcast
+        server,
+        port=bound,
+        holder=holder,
+        health_servicer=health_servicer,
+        metrics=metrics,
+        broadcast=broadcast,
     )
     return wrapped, bound
 
@@ -252,13 +263,20 @@ def run_until_signalled(
     def handle(signum: int, _frame) -> None:
         if stopping.is_set():
             if force_on_repeat:
-                log.warning("%s again: cancelling the calls still running", signal.Signals(signum).name)
+                log.warning(
+                    "%s again: cancelling the calls still running", signal.Signals(signum).name
+                )
                 threading.Thread(target=server.stop, args=(0,), daemon=True).start()
             return
         stopping.set()
-        log.info("%s: draining (health NOT_SERVING, grace %.1fs)", signal.Signals(signum).name, grace)
+        log.info(
+            "%s: draining (health NOT_SERVING, grace %.1fs)", signal.Signals(signum).name, grace
+        )
         threading.Thread(
-            target=server.graceful_stop, args=(grace,), kwargs={"drain_delay": drain_delay}, daemon=True
+            target=server.graceful_stop,
+            args=(grace,),
+            kwargs={"drain_delay": drain_delay},
+            daemon=True,
         ).start()
 
     previous = {s: signal.signal(s, handle) for s in signals}

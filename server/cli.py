@@ -15,30 +15,49 @@ def add_parser(subparsers) -> None:
         description="Serve cross-sell / up-sell rankings from a model bundle over gRPC "
         "(RecommendService, health, reflection). SIGTERM drains gracefully.",
     )
-    p.add_argument("--bundle", required=True, help="model bundle directory (written by `xsell train`)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=int, default=50051, help="port; 0 = pick a free one (default %(default)s)")
     p.add_argument(
-        "--workers", type=int, default=default_workers(),
+        "--bundle", required=True, help="model bundle directory (written by `xsell train`)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=50051, help="port; 0 = pick a free one (default %(default)s)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
         help="worker processes sharing the port, each pinned to a core; 1 = in-process (default: cores, %(default)s)",
     )
-    p.add_argument("--threads", type=int, default=8, help="gRPC threads per worker (default %(default)s)")
     p.add_argument(
-        "--max-in-flight", type=int, default=None,
+        "--threads", type=int, default=8, help="gRPC threads per worker (default %(default)s)"
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
         help="calls a worker holds before answering RESOURCE_EXHAUSTED (default 2 x threads)",
     )
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off (default)")
+    p.add_argument(
+        "--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off (default)"
+    )
     p.add_argument("--metrics-host", default=None, help="address for /metrics (default: --host)")
     p.add_argument(
-        "--bundle-root", default=None,
+        "--bundle-root",
+        default=None,
         help="ReloadModel loads bundles only below this directory (default: the bundle's parent)",
     )
-    p.add_argument("--grace", type=float, default=10.0, help="seconds calls in flight get at shutdown")
     p.add_argument(
-        "--drain-delay", type=float, default=0.0,
+        "--grace", type=float, default=10.0, help="seconds calls in flight get at shutdown"
+    )
+    p.add_argument(
+        "--drain-delay",
+        type=float,
+        default=0.0,
         help="seconds between health NOT_SERVING and refusing new calls at shutdown (default 0)",
     )
-    p.add_argument("--no-access-log", dest="access_log", action="store_false", help="no JSON line per call")
+    p.add_argument(
+        "--no-access-log", dest="access_log", action="store_false", help="no JSON line per call"
+    )
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin workers to cores")
     p.set_defaults(func=_run)
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from xsell.errors import InvalidRequest
-from xsell.ranking.types import CartLine, Filters, RankRequest, RankResult, RankedItem, Reason, Strategy
+from xsell.ranking.types import (
+    CartLine,
+    Filters,
+    RankRequest,
+    RankResult,
+    RankedItem,
+    Reason,
+    Strategy,
+)
 from xsell.v1 import xsell_pb2 as pb
 
 if TYPE_CHECKING:
@@ -38,7 +46,9 @@ def strategy_from_pb(value: int) -> Strategy:
     except KeyError:
         # proto3 enums are open: a newer client can send a number this server lacks.
         known = ", ".join(f"{pb.Strategy.Name(n)}={n}" for n in _STRATEGY_FROM_PB)
-        raise InvalidRequest("strategy", f"unknown value {value}; expected one of {known}") from None
+        raise InvalidRequest(
+            "strategy", f"unknown value {value}; expected one of {known}"
+        ) from None
 
 
 def _optional(msg: Any, name: str) -> float | None:
@@ -112,7 +122,9 @@ def item_to_pb(item: RankedItem) -> pb.RecommendedItem:
     )
 
 
-def response_to_pb(result: RankResult, *, request_id: str = "", variant: str = "") -> pb.RecommendResponse:
+def response_to_pb(
+    result: RankResult, *, request_id: str = "", variant: str = ""
+) -> pb.RecommendResponse:
     return pb.RecommendResponse(
         cross_sell=[item_to_pb(i) for i in result.cross_sell],
         up_sell=[item_to_pb(i) for i in result.up_sell],
@@ -133,7 +145,9 @@ def model_info_to_pb(ranker: Ranker) -> pb.GetModelInfoResponse:
         feature_names=list(m.get("feature_names", ())),
         # numbers only: a manifest may carry nested or text entries the map cannot hold
         training_metrics={
-            str(k): float(v) for k, v in (m.get("metrics") or {}).items() if isinstance(v, (int, float))
+            str(k): float(v)
+            for k, v in (m.get("metrics") or {}).items()
+            if isinstance(v, (int, float))
         },
         data_fingerprint=str(m.get("data_fingerprint", "")),
         num_items=int(m.get("num_items", 0)),

@@ -57,7 +57,9 @@ def to_status(exc: BaseException) -> Status:
     return Status(grpc.StatusCode.INTERNAL, f"internal error (id {error_id}; see the server log)")
 
 
-def check_time_left(context: grpc.ServicerContext, *, before: str, min_seconds: float = 0.001) -> None:
+def check_time_left(
+    context: grpc.ServicerContext, *, before: str, min_seconds: float = 0.001
+) -> None:
     """Raise DeadlineExpired / Cancelled instead of starting work nobody will read.
 
     `min_seconds`: less than this is not enough for any useful work, so stop now.

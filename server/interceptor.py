@@ -47,7 +47,9 @@ def access_fields(request: Any, response: Any) -> dict[str, Any]:
     elif isinstance(request, pb.ReloadModelRequest):
         fields["bundle_path"] = _short(request.bundle_path)
     if isinstance(response, pb.RecommendResponse):
-        fields.update(n=len(response.cross_sell) + len(response.up_sell), model_version=response.model_version)
+        fields.update(
+            n=len(response.cross_sell) + len(response.up_sell), model_version=response.model_version
+        )
         if response.fallback:
             fields["fallback"] = True
     elif isinstance(response, pb.RecommendBatchResponse):
@@ -58,17 +60,25 @@ def access_fields(request: Any, response: Any) -> dict[str, Any]:
 
 
 class ServingInterceptor(grpc.ServerInterceptor):
-    def __init__(self, metrics: ServerMetrics, *, access_log: bool = True, service: str = SERVICE_NAME) -> None:
+    def __init__(
+        self, metrics: ServerMetrics, *, access_log: bool = True, service: str = SERVICE_NAME
+    ) -> None:
         self._metrics = metrics
         self._prefix = f"/{service}/"
         self._log = logging.getLogger(ACCESS_LOGGER) if access_log else None
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None], details
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(details)
-        if handler is None or handler.unary_unary is None or not details.method.startswith(self._prefix):
+        if (
+            handler is None
+            or handler.unary_unary is None
+            or not details.method.startswith(self._prefix)
+        ):
             return handler
         cached = self._wrapped.get(details.method)
         if cached is not None and cached[0] is handler:

@@ -28,7 +28,22 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # 0.25 ms .. 2.5 s: a cached call is sub-millisecond, a 64-request batch may take seconds.
-LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.5, 1.0, 2.5)
+LATENCY_BUCKETS = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.004,
+    0.008,
+    0.016,
+    0.032,
+    0.064,
+    0.128,
+    0.256,
+    0.5,
+    1.0,
+    2.5,
+)
 STAGES = ("retrieval", "features", "model", "rules")
 
 
@@ -41,19 +56,37 @@ class ServerMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "xsell_requests", "RecommendService calls by method and status code", ["method", "code"], registry=r
+            "xsell_requests",
+            "RecommendService calls by method and status code",
+            ["method", "code"],
+            registry=r,
         )
         self.latency = Histogram(
-            "xsell_request_latency_seconds", "Handler latency by method", ["method"], buckets=LATENCY_BUCKETS, registry=r
+            "xsell_request_latency_seconds",
+            "Handler latency by method",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.stage = Histogram(
-            "xsell_stage_latency_seconds", "Ranking stage latency", ["stage"], buckets=LATENCY_BUCKETS, registry=r
+            "xsell_stage_latency_seconds",
+            "Ranking stage latency",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.in_flight = Gauge(
-            "xsell_in_flight_requests", "RecommendService calls running now", registry=r, multiprocess_mode="livesum"
+            "xsell_in_flight_requests",
+            "RecommendService calls running now",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.model_info = Gauge(
-            "xsell_model_info", "1 for the bundle version serving", ["version"], registry=r, multiprocess_mode="liveall"
+            "xsell_model_info",
+            "1 for the bundle version serving",
+            ["version"],
+            registry=r,
+            multiprocess_mode="liveall",
         )
         self.reloads = Counter("xsell_reloads", "Bundle loads by outcome", ["outcome"], registry=r)
         # children resolved once: labels() costs a dict lookup and a lock per call

@@ -110,9 +110,14 @@ class ModelHolder:
             try:
                 new = self._loader(path)
             except Exception as exc:
-                refusal = exc if isinstance(exc, BundleError) else BundleError(
-                    # a library choking on garbage is still a refusal, not a crash
-                    f"could not be loaded: {type(exc).__name__}: {exc}", path=str(path)
+                refusal = (
+                    exc
+                    if isinstance(exc, BundleError)
+                    else BundleError(
+                        # a library choking on garbage is still a refusal, not a crash
+                        f"could not be loaded: {type(exc).__name__}: {exc}",
+                        path=str(path),
+                    )
                 )
                 log.error("bundle refused: %s; still serving %s", refusal, serving)
                 for listener in self._refusal_listeners:
@@ -122,7 +127,11 @@ class ModelHolder:
                 raise refusal from exc
             self._swap(new)
             log.info(
-                "bundle loaded: %s version %s in %.2fs (was %s)", path, new.version, time.perf_counter() - start, serving
+                "bundle loaded: %s version %s in %.2fs (was %s)",
+                path,
+                new.version,
+                time.perf_counter() - start,
+                serving,
             )
             return (old.version if old is not None else None), new.version
 
@@ -138,7 +147,9 @@ def resolve_bundle_path(requested: str, *, root: Path | None, default: Path | No
         raise InvalidRequest("bundle_path", "contains a NUL byte")
     if not requested:
         if default is None:
-            raise InvalidRequest("bundle_path", "empty, and the server was started without a bundle")
+            raise InvalidRequest(
+                "bundle_path", "empty, and the server was started without a bundle"
+            )
         requested = str(default)
     if root is None:
         raise PermissionDenied("bundle_path: reload is disabled (no bundle root configured)")
@@ -161,13 +172,17 @@ def read_reload_state(path: str | os.PathLike) -> dict | None:
     except (OSError, ValueError) as exc:
         log.error("reload state file %s unreadable: %s", path, exc)
         return None
-    return state if isinstance(state, dict) and "token" in state and "bundle_path" in state else None
+    return (
+        state if isinstance(state, dict) and "token" in state and "bundle_path" in state else None
+    )
 
 
 class ReloadBroadcast:
     """Spreads a reload to every worker process through one polled state file."""
 
-    def __init__(self, state_file: str | os.PathLike, holder: ModelHolder, *, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self, state_file: str | os.PathLike, holder: ModelHolder, *, poll_seconds: float = 1.0
+    ) -> None:
         self.path = Path(state_file)
         self._holder = holder
         self._poll = poll_seconds
@@ -186,7 +201,16 @@ class ReloadBroadcast:
         token = uuid.uuid4().hex
         self._applied = token  # this process already serves it
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"token": token, "bundle_path": str(bundle_dir), "version": version, "pid": os.getpid()}))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "token": token,
+                    "bundle_path": str(bundle_dir),
+                    "version": version,
+                    "pid": os.getpid(),
+                }
+            )
+        )
         os.replace(tmp, self.path)
 
     def poll_once(self) -> bool:
@@ -198,27 +222,36 @@ class ReloadBroadcast:
         try:
             self._holder.load(state["bundle_path"])
         except BundleError:
-            log.error("reload from %s not applied in pid %d: this worker keeps its bundle", self.path, os.getpid())
+            log.error(
+                "reload from %s not applied in pid %d: this worker keeps its bundle",
+                self.path,
+                os.getpid(),
+            )
             return False
         return True
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="xsell-reload-watch", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="xsell-reload-watch", daemon=True
+            )
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
 
     def _run(self) -> None:
-        last_mtime = None
+        last = None
         while not self._stop.wait(self._poll):
             try:
-                mtime = self.path.stat().st_mtime_ns
+                st = self.path.stat()
             except FileNotFoundError:
                 continue
-            if mtime != last_mtime:
-                last_mtime = mtime
+            # each publish renames a new file into place: a new inode even when two
+            # publishes land within one mtime tick
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if key != last:
+                last = key
                 self.poll_once()
 
 
@@ -238,13 +271,19 @@ class RecommendServicer(pb_grpc.RecommendServiceServicer):
         self._startup_bundle = startup_bundle
         self._broadcast = broadcast
 
-    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
+    def Recommend(
+        self, request: pb.RecommendRequest, context: grpc.ServicerContext
+    ) -> pb.RecommendResponse:
         rank_request = convert.request_from_pb(request)
         result = self._holder.current().rank(rank_request)
         self._metrics.observe_stages(result.timings)
-        return convert.response_to_pb(result, request_id=request.request_id, variant=request.variant)
+        return convert.response_to_pb(
+            result, request_id=request.request_id, variant=request.variant
+        )
 
-    def RecommendBatch(self, request: pb.RecommendBatchRequest, context: grpc.ServicerContext) -> pb.RecommendBatchResponse:
+    def RecommendBatch(
+        self, request: pb.RecommendBatchRequest, context: grpc.ServicerContext
+    ) -> pb.RecommendBatchResponse:
         rank_requests = convert.batch_from_pb(request)
         ranker = self._holder.current()  # one version for the whole batch
         responses = []
@@ -256,16 +295,24 @@ class RecommendServicer(pb_grpc.RecommendServiceServicer):
             except InvalidRequest as exc:
                 raise convert.prefixed(exc, f"requests[{i}].") from None
             self._metrics.observe_stages(result.timings)
-            responses.append(convert.response_to_pb(result, request_id=msg.request_id, variant=msg.variant))
+            responses.append(
+                convert.response_to_pb(result, request_id=msg.request_id, variant=msg.variant)
+            )
         return pb.RecommendBatchResponse(responses=responses)
 
-    def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.GetModelInfoResponse:
+    def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
+    ) -> pb.GetModelInfoResponse:
         response = convert.model_info_to_pb(self._holder.current())
         context.set_trailing_metadata(((WORKER_METADATA_KEY, str(os.getpid())),))
         return response
 
-    def ReloadModel(self, request: pb.ReloadModelRequest, context: grpc.ServicerContext) -> pb.ReloadModelResponse:
-        path = resolve_bundle_path(request.bundle_path, root=self._root, default=self._startup_bundle)
+    def ReloadModel(
+        self, request: pb.ReloadModelRequest, context: grpc.ServicerContext
+    ) -> pb.ReloadModelResponse:
+        path = resolve_bundle_path(
+            request.bundle_path, root=self._root, default=self._startup_bundle
+        )
         previous, version = self._holder.load(path)
         if self._broadcast is not None:
             self._broadcast.publish(path, version)

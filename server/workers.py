@@ -28,10 +28,10 @@ drained and exited 0.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -69,7 +69,9 @@ class ServeConfig:
 
 
 def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 def _ready_line(config: ServeConfig, port: int, pids: list[int], version: str) -> str:
@@ -102,7 +104,9 @@ def _serve_in_process(config: ServeConfig) -> int:
         access_log=config.access_log,
     )
     if config.metrics_port:
-        serve_metrics(config.metrics_port, config.metrics_host or config.host, server.metrics.registry)
+        serve_metrics(
+            config.metrics_port, config.metrics_host or config.host, server.metrics.registry
+        )
     server.start()
     print(_ready_line(config, port, [os.getpid()], server.holder.current().version), flush=True)
     run_until_signalled(server, grace=config.grace, drain_delay=config.drain_delay)
@@ -138,32 +142,43 @@ def worker_main(config: ServeConfig, slot: int, cpu: int | None, state_file: str
     configure_access_log(config.access_log)
     # A restarted worker comes back on the bundle the group switched to last.
     published = read_reload_state(state_file)
-    bundle = published["bundle_path"] if published is not None else config.bundle
-    try:
-        server, port = create_server(
-            bundle,
-            host=config.host,
-            port=config.port,
-            threads=config.threads,
-            max_in_flight=config.max_in_flight,
-            bundle_root=config.bundle_root,
-            reuse_port=True,
-            access_log=config.access_log,
-            reload_state_file=state_file,
-        )
-    except BundleError as exc:
-        log.error("worker %d: cannot load the bundle: %s", slot, exc)
+    candidates = [published["bundle_path"]] if published is not None else []
+    candidates.append(config.bundle)  # the command line's bundle, if the published one fails
+    server = port = None
+    for bundle in candidates:
+        try:
+            server, port = create_server(
+                bundle,
+                host=config.host,
+                port=config.port,
+                threads=config.threads,
+                max_in_flight=config.max_in_flight,
+                bundle_root=config.bundle_root,
+                reuse_port=True,
+                access_log=config.access_log,
+                reload_state_file=state_file,
+            )
+            break
+        except BundleError as exc:
+            log.error("worker %d: cannot load the bundle: %s", slot, exc)
+        except BindError as exc:
+            log.error("worker %d: %s", slot, exc)
+            sys.exit(EXIT_BIND)
+    if server is None:
         sys.exit(EXIT_BUNDLE)
-    except BindError as exc:
-        log.error("worker %d: %s", slot, exc)
-        sys.exit(EXIT_BIND)
     if published is not None and server.broadcast is not None:
         server.broadcast.mark_applied(published["token"])
     server.start()
-    ready.put({"slot": slot, "pid": os.getpid(), "port": port, "version": server.holder.current().version})
+    ready.put(
+        {"slot": slot, "pid": os.getpid(), "port": port, "version": server.holder.current().version}
+    )
     log.info("worker %d ready on port %d (cpu %s)", slot, port, cpu if cpu is not None else "any")
     run_until_signalled(
-        server, grace=config.grace, drain_delay=config.drain_delay, signals=(signal.SIGTERM,), force_on_repeat=False
+        server,
+        grace=config.grace,
+        drain_delay=config.drain_delay,
+        signals=(signal.SIGTERM,),
+        force_on_repeat=False,
     )
     # Interpreter shutdown resets Python-level handlers to the default (die on SIGTERM),
     # but keeps SIG_IGN: a SIGTERM forwarded while exiting must not turn exit 0 into -15.
@@ -232,7 +247,8 @@ class Supervisor:
         ctx = mp.get_context("spawn")
         ready = ctx.Queue()
         slots = [
-            _Slot(i, cpus[i % len(cpus)] if (cpus and config.pin) else None) for i in range(config.workers)
+            _Slot(i, cpus[i % len(cpus)] if (cpus and config.pin) else None)
+            for i in range(config.workers)
         ]
         code = 1
         clean = False
@@ -240,7 +256,9 @@ class Supervisor:
             if config.metrics_port:
                 from xsell.server.metrics import multiprocess_registry, serve_metrics
 
-                serve_metrics(config.metrics_port, config.metrics_host or config.host, multiprocess_registry())
+                serve_metrics(
+                    config.metrics_port, config.metrics_host or config.host, multiprocess_registry()
+                )
             for slot in slots:
                 self._start(ctx, slot, state_file, ready)
             code = self._await_ready(slots, ready)
@@ -262,13 +280,18 @@ class Supervisor:
             name=f"xsell-worker-{slot.index}",
         )
         process.start()
-        slot.process, slot.started, slot.restart_at, slot.ready = process, time.monotonic(), None, False
+        slot.process, slot.started, slot.restart_at, slot.ready = (
+            process,
+            time.monotonic(),
+            None,
+            False,
+        )
         log.info("worker %d started (pid %d, cpu %s)", slot.index, process.pid, slot.cpu)
 
     def _drain_ready(self, slots: list[_Slot], ready, timeout: float) -> dict | None:
         try:
             message = ready.get(timeout=timeout)
-        except Exception:  # queue.Empty
+        except queue.Empty:
             return None
         for slot in slots:
             if slot.process is not None and slot.process.pid == message["pid"]:
@@ -287,7 +310,11 @@ class Supervisor:
                 return 1
             for slot in slots:
                 if slot.process is not None and not slot.process.is_alive():
-                    log.error("worker %d exited with code %s during startup", slot.index, slot.process.exitcode)
+                    log.error(
+                        "worker %d exited with code %s during startup",
+                        slot.index,
+                        slot.process.exitcode,
+                    )
                     return 2 if slot.process.exitcode in (EXIT_BUNDLE, EXIT_BIND) else 1
             message = self._drain_ready(slots, ready, 0.1)
             if message is not None:
@@ -309,10 +336,21 @@ class Supervisor:
                 if p is not None and not p.is_alive():
                     p.join()
                     multiprocess.mark_process_dead(p.pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
-                    slot.fast_deaths = slot.fast_deaths + 1 if now - slot.started < self.YOUNG else 0
-                    delay = 0.0 if slot.fast_deaths == 0 else min(0.5 * 2 ** (slot.fast_deaths - 1), self.MAX_BACKOFF)
-                    log.error("worker %d (pid %d) died with code %s; restarting in %.1fs",
-                              slot.index, p.pid, p.exitcode, delay)
+                    slot.fast_deaths = (
+                        slot.fast_deaths + 1 if now - slot.started < self.YOUNG else 0
+                    )
+                    delay = (
+                        0.0
+                        if slot.fast_deaths == 0
+                        else min(0.5 * 2 ** (slot.fast_deaths - 1), self.MAX_BACKOFF)
+                    )
+                    log.error(
+                        "worker %d (pid %d) died with code %s; restarting in %.1fs",
+                        slot.index,
+                        p.pid,
+                        p.exitcode,
+                        delay,
+                    )
                     slot.process, slot.restart_at = None, now + delay
                 if slot.process is None and slot.restart_at is not None and now >= slot.restart_at:
                     self._start(ctx, slot, state_file, ready)

@@ -131,7 +131,9 @@ def stub(channel) -> pb_grpc.RecommendServiceStub:
 
 # ------------------------------------------------------------ `xsell serve` subprocesses
 
-READY = re.compile(r"listening on (?P<host>[^ ]+):(?P<port>\d+) workers=(?P<n>\d+) pids=(?P<pids>[\d,]+)")
+READY = re.compile(
+    r"listening on (?P<host>[^ ]+):(?P<port>\d+) workers=(?P<n>\d+) pids=(?P<pids>[\d,]+)"
+)
 
 
 @dataclass
@@ -157,11 +159,23 @@ class ServeProcess:
 
 def start_serve(bundle: Path, log_path: Path, *args: str, timeout: float = 60.0) -> ServeProcess:
     """Run `xsell serve` in a subprocess and wait for its "listening" line."""
-    cmd = [sys.executable, "-m", "xsell.cli", "serve", "--bundle", str(bundle), "--port", "0", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xsell.cli",
+        "serve",
+        "--bundle",
+        str(bundle),
+        "--port",
+        "0",
+        *args,
+    ]
     log_file = open(log_path, "wb")  # noqa: SIM115 - the child owns it
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # its own session: signals to its process group reach it and its workers only
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=log_file, env=env, start_new_session=True
+    )
     log_file.close()
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
@@ -171,10 +185,14 @@ def start_serve(bundle: Path, log_path: Path, *args: str, timeout: float = 60.0)
             break  # exited
         match = READY.search(line)
         if match:
-            return ServeProcess(proc, int(match["port"]), [int(p) for p in match["pids"].split(",")], log_path)
+            return ServeProcess(
+                proc, int(match["port"]), [int(p) for p in match["pids"].split(",")], log_path
+            )
     proc.kill()
     proc.wait()
-    raise AssertionError(f"`xsell serve` did not start:\n{log_path.read_text(errors='replace')[-4000:]}")
+    raise AssertionError(
+        f"`xsell serve` did not start:\n{log_path.read_text(errors='replace')[-4000:]}"
+    )
 
 
 @pytest.fixture

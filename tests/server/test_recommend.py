@@ -40,8 +40,20 @@ def check_invariants(req: pb.RecommendRequest, resp: pb.RecommendResponse, facts
     cart_categories = {facts.category[i] for i in known}
     assert list(resp.unknown_item_ids) == [i for i in cart if i not in facts.category]
     limit = req.limit or 10
-    cross_n = limit if req.strategy == CROSS else 0 if req.strategy == UP else (req.cross_sell_limit or limit)
-    up_n = limit if req.strategy == UP else 0 if req.strategy == CROSS else (req.up_sell_limit or limit)
+    cross_n = (
+        limit
+        if req.strategy == CROSS
+        else 0
+        if req.strategy == UP
+        else (req.cross_sell_limit or limit)
+    )
+    up_n = (
+        limit
+        if req.strategy == UP
+        else 0
+        if req.strategy == CROSS
+        else (req.up_sell_limit or limit)
+    )
     assert len(resp.cross_sell) <= cross_n and len(resp.up_sell) <= up_n
     for items, strategy in ((resp.cross_sell, CROSS), (resp.up_sell, UP)):
         ids = [it.item_id for it in items]
@@ -70,12 +82,18 @@ def check_invariants(req: pb.RecommendRequest, resp: pb.RecommendResponse, facts
             if it.anchor_item_id and known:
                 assert it.anchor_item_id in known, f"anchor {it.anchor_item_id} is not a cart item"
             if strategy == CROSS:
-                assert it.category not in cart_categories, f"cross-sell {it.item_id} shares a cart category"
+                assert it.category not in cart_categories, (
+                    f"cross-sell {it.item_id} shares a cart category"
+                )
             else:
                 if known:
-                    assert it.anchor_item_id, f"up-sell {it.item_id} has no anchor although the cart has known items"
+                    assert it.anchor_item_id, (
+                        f"up-sell {it.item_id} has no anchor although the cart has known items"
+                    )
                 if it.anchor_item_id:
-                    assert it.category == facts.category[it.anchor_item_id], "up-sell left the anchor's category"
+                    assert it.category == facts.category[it.anchor_item_id], (
+                        "up-sell left the anchor's category"
+                    )
                     band_min = f.uplift_min if f.HasField("uplift_min") else 1.0
                     assert it.price_uplift >= band_min - 1e-6
                     if not f.HasField("uplift_min"):
@@ -118,7 +136,9 @@ def test_both_sizes_each_list(stub, facts):
     assert len(resp.cross_sell) == 4 and len(resp.up_sell) == 2
     check_invariants(req, resp, facts)
     # UNSPECIFIED means BOTH
-    unspecified = stub.Recommend(request(facts.items_by_popularity[:2], cross_sell_limit=4, up_sell_limit=2))
+    unspecified = stub.Recommend(
+        request(facts.items_by_popularity[:2], cross_sell_limit=4, up_sell_limit=2)
+    )
     assert [i.item_id for i in unspecified.cross_sell] == [i.item_id for i in resp.cross_sell]
 
 
@@ -186,7 +206,9 @@ def test_filter_uplift_band(stub, facts):
 def test_filter_max_per_category(stub, facts):
     cart = facts.items_by_popularity[:1]
     before = _top(stub, cart).cross_sell
-    assert len({i.category for i in before}) < len(before), "need repeated categories to test the cap"
+    assert len({i.category for i in before}) < len(before), (
+        "need repeated categories to test the cap"
+    )
     req = request(cart, strategy=CROSS, limit=20, filters=pb.Filters(max_per_category=1))
     resp = stub.Recommend(req)
     categories = [i.category for i in resp.cross_sell]
@@ -206,7 +228,12 @@ def test_filter_exclude_purchased(stub, facts):
             break
     assert hits, "no shopper was recommended an item they bought: the filter test would be vacuous"
     for user in hits:
-        req = request(facts.items_by_popularity[:1], user_id=user, limit=30, filters=pb.Filters(exclude_purchased=True))
+        req = request(
+            facts.items_by_popularity[:1],
+            user_id=user,
+            limit=30,
+            filters=pb.Filters(exclude_purchased=True),
+        )
         check_invariants(req, stub.Recommend(req), facts)
 
 
@@ -242,7 +269,9 @@ def test_some_anchors_unknown_are_named(stub, facts):
     req = request([known, "ghost"], strategy=CROSS, limit=5)
     resp = stub.Recommend(req)
     assert list(resp.unknown_item_ids) == ["ghost"]
-    assert resp.cross_sell and all(i.anchor_item_id == known for i in resp.cross_sell if "popular" not in i.sources)
+    assert resp.cross_sell and all(
+        i.anchor_item_id == known for i in resp.cross_sell if "popular" not in i.sources
+    )
     check_invariants(req, resp, facts)
 
 
@@ -268,14 +297,20 @@ def test_known_user_without_cart(stub, facts):
 def requests_(draw, facts):
     items = sorted(facts.category)
     categories = sorted(set(facts.category.values()))
-    cart = draw(st.lists(st.sampled_from(items + ["unknown-a", "unknown-b"]), min_size=0, max_size=4, unique=True))
+    cart = draw(
+        st.lists(
+            st.sampled_from(items + ["unknown-a", "unknown-b"]), min_size=0, max_size=4, unique=True
+        )
+    )
     user = draw(st.sampled_from(["", "stranger", *facts.users[:50]]))
     if not cart and not user:
         cart = [items[0]]
     filters = pb.Filters(
         exclude_item_ids=draw(st.lists(st.sampled_from(items), max_size=5)),
         denied_categories=draw(st.lists(st.sampled_from(categories), max_size=2)),
-        allowed_categories=draw(st.one_of(st.just([]), st.lists(st.sampled_from(categories), min_size=1, max_size=4))),
+        allowed_categories=draw(
+            st.one_of(st.just([]), st.lists(st.sampled_from(categories), min_size=1, max_size=4))
+        ),
         exclude_purchased=draw(st.booleans()),
         max_per_category=draw(st.integers(0, 3)),
     )
@@ -301,7 +336,12 @@ def requests_(draw, facts):
 
 
 def test_every_answer_keeps_every_rule(stub, facts):
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        derandomize=True,
+    )
     @given(st.data())
     def run(data):
         req = data.draw(requests_(facts))
@@ -336,7 +376,9 @@ INVALID = [
 # limit <= 0 cannot be sent: the field is uint32 and 0 means "default" (see the .proto).
 
 
-@pytest.mark.parametrize(("field", "req"), INVALID, ids=[f"{f}-{i}" for i, (f, _) in enumerate(INVALID)])
+@pytest.mark.parametrize(
+    ("field", "req"), INVALID, ids=[f"{f}-{i}" for i, (f, _) in enumerate(INVALID)]
+)
 def test_invalid_request_names_the_field(stub, field, req):
     err = call_error(stub.Recommend, req)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -353,10 +395,14 @@ def test_batch_too_big(stub, facts):
 
 def test_batch_names_the_bad_request(stub, facts):
     good = request(facts.items_by_popularity[:1])
-    batch = pb.RecommendBatchRequest(requests=[good, good, pb.RecommendRequest(user_id="u", strategy=12), good])
+    batch = pb.RecommendBatchRequest(
+        requests=[good, good, pb.RecommendRequest(user_id="u", strategy=12), good]
+    )
     err = call_error(stub.RecommendBatch, batch)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error_field(err) == "requests[2].strategy" and err.details().startswith("requests[2].strategy: ")
+    assert error_field(err) == "requests[2].strategy" and err.details().startswith(
+        "requests[2].strategy: "
+    )
 
 
 def test_oversized_message_is_refused(stub):
@@ -369,7 +415,12 @@ def test_oversized_message_is_refused(stub):
 
 def test_batch_answers_in_request_order(stub, facts):
     reqs = [
-        request(facts.items_by_popularity[k : k + 1], strategy=[CROSS, UP, BOTH][k % 3], limit=3 + k, request_id=f"r{k}")
+        request(
+            facts.items_by_popularity[k : k + 1],
+            strategy=[CROSS, UP, BOTH][k % 3],
+            limit=3 + k,
+            request_id=f"r{k}",
+        )
         for k in range(6)
     ]
     batch = stub.RecommendBatch(pb.RecommendBatchRequest(requests=reqs))

@@ -4,7 +4,10 @@ every worker, multiprocess metrics, and the SIGTERM drain."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -26,19 +29,30 @@ def free_port() -> int:
 
 def metric_samples(port: int, name: str) -> list:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return [s for family in text_string_to_metric_families(body) for s in family.samples if s.name == name]
+    return [
+        s
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+        if s.name == name
+    ]
 
 
 def model_info(port: int) -> tuple[int, pb.GetModelInfoResponse]:
     """(worker pid, info) over a fresh connection: SO_REUSEPORT picks a worker per connection."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        info, call = pb_grpc.RecommendServiceStub(channel).GetModelInfo.with_call(pb.GetModelInfoRequest(), timeout=10)
+        info, call = pb_grpc.RecommendServiceStub(channel).GetModelInfo.with_call(
+            pb.GetModelInfoRequest(), timeout=10
+        )
         return int(dict(call.trailing_metadata())["xsell-worker-pid"]), info
 
 
-def test_two_workers_share_the_port_and_reload_together(serve_cli, bundle_dir, bundle_root, copy_bundle, ranker):
+def test_two_workers_share_the_port_and_reload_together(
+    serve_cli, bundle_dir, bundle_root, copy_bundle, ranker
+):
     metrics_port = free_port()
-    proc = serve_cli(bundle_dir, "--workers", "2", "--metrics-port", str(metrics_port), "--no-access-log")
+    proc = serve_cli(
+        bundle_dir, "--workers", "2", "--metrics-port", str(metrics_port), "--no-access-log"
+    )
     assert len(proc.pids) == 2 and proc.process.pid not in proc.pids
 
     calls = 0
@@ -57,7 +71,9 @@ def test_two_workers_share_the_port_and_reload_together(serve_cli, bundle_dir, b
     version = f"cli-{uuid.uuid4().hex[:8]}"
     new = copy_bundle(bundle_dir, bundle_root / version, version=version)
     with grpc.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
-        reply = pb_grpc.RecommendServiceStub(channel).ReloadModel(pb.ReloadModelRequest(bundle_path=str(new)), timeout=30)
+        reply = pb_grpc.RecommendServiceStub(channel).ReloadModel(
+            pb.ReloadModelRequest(bundle_path=str(new)), timeout=30
+        )
     assert reply.model_version == version
     updated: set[int] = set()
     infos = 0
@@ -80,32 +96,61 @@ def test_two_workers_share_the_port_and_reload_together(serve_cli, bundle_dir, b
                if s.labels["version"] == version and s.value == 1}  # fmt: skip
     assert serving == {str(p) for p in proc.pids}
 
+    # A worker killed outright is replaced, and the new one starts on the reloaded bundle.
+    victim = proc.pids[0]
+    os.kill(victim, signal.SIGKILL)
+    replacement = None
+    deadline = time.monotonic() + 30
+    while replacement is None and time.monotonic() < deadline:
+        try:
+            pid, info = model_info(proc.port)
+        except grpc.RpcError:  # a connection that hit the dying worker
+            continue
+        if pid not in proc.pids:
+            replacement = pid
+            assert info.model_version == version
+    assert replacement is not None, proc.log()[-3000:]
+    assert "died" in proc.log()
+
     assert proc.terminate() == 0, proc.log()[-3000:]
 
 
-@pytest.mark.parametrize(("workers", "group"), [(1, False), (2, False), (2, True)], ids=["in-process", "supervisor", "process-group"])
+@pytest.mark.parametrize(
+    ("workers", "group"),
+    [(1, False), (2, False), (2, True)],
+    ids=["in-process", "supervisor", "process-group"],
+)
 def test_sigterm_drains_calls_in_flight(serve_cli, bundle_dir, facts, workers, group):
     """SIGTERM to the server (or to its whole process group, as systemd sends it):
     the calls in flight complete, and the command exits 0."""
     metrics_port = free_port()
-    proc = serve_cli(bundle_dir, "--workers", str(workers), "--metrics-port", str(metrics_port), "--grace", "30")
+    proc = serve_cli(
+        bundle_dir, "--workers", str(workers), "--metrics-port", str(metrics_port), "--grace", "30"
+    )
     items = facts.items_by_popularity
     batch = pb.RecommendBatchRequest(requests=[
         pb.RecommendRequest(cart=[pb.CartLine(item_id=items[(5 * k + j) % len(items)]) for j in range(3)],
                             explain=True, limit=100)
-        for k in range(24)
+        for k in range(16)
     ])  # fmt: skip
     n_calls = 3
     channels = [
-        grpc.insecure_channel(f"127.0.0.1:{proc.port}", options=[("grpc.max_receive_message_length", 64 << 20)])
+        grpc.insecure_channel(
+            f"127.0.0.1:{proc.port}", options=[("grpc.max_receive_message_length", 64 << 20)]
+        )
         for _ in range(n_calls)
     ]
     try:
         with ThreadPoolExecutor(n_calls) as pool:
-            futures = [pool.submit(pb_grpc.RecommendServiceStub(ch).RecommendBatch, batch, timeout=60) for ch in channels]
+            futures = [
+                pool.submit(pb_grpc.RecommendServiceStub(ch).RecommendBatch, batch, timeout=60)
+                for ch in channels
+            ]
 
             def in_flight() -> float:
-                return sum(s.value for s in metric_samples(metrics_port, "xsell_in_flight_requests"))
+                return sum(
+                    s.value for s in metric_samples(metrics_port, "xsell_in_flight_requests")
+                )
 
             deadline = time.monotonic() + 10
             while in_flight() < n_calls and time.monotonic() < deadline:
@@ -119,7 +164,30 @@ def test_sigterm_drains_calls_in_flight(serve_cli, bundle_dir, facts, workers, g
             ch.close()
     assert code == 0, proc.log()[-3000:]
     assert "draining" in proc.log()
-    with grpc.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
-        with pytest.raises(grpc.RpcError) as info:
-            pb_grpc.RecommendServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=2)
+    with (
+        grpc.insecure_channel(f"127.0.0.1:{proc.port}") as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        pb_grpc.RecommendServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=2)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_unloadable_bundle_stops_serve(tmp_path):
+    """Workers that cannot load the bundle at first start stop the command: exit 2, a clear line."""
+    missing = tmp_path / "no-bundle-here"
+    cmd = [
+        sys.executable,
+        "-m",
+        "xsell.cli",
+        "serve",
+        "--bundle",
+        str(missing),
+        "--port",
+        "0",
+        "--workers",
+        "2",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"{missing}: not a directory" in done.stderr
+    assert "listening" not in done.stdout

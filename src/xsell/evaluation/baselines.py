@@ -11,6 +11,7 @@ log1p first), with weights found by coordinate search on validation queries.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -39,16 +40,17 @@ def fit_als(user_items: sp.csr_matrix, *, config: AlsConfig = AlsConfig(), seed:
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    model = AlternatingLeastSquares(
-        factors=config.factors,
-        regularization=config.regularization,
-        alpha=config.alpha,
-        iterations=config.iterations,
-        num_threads=config.threads,
-        random_state=seed,
-    )
     # implicit parallelises its own loop; a threaded BLAS underneath only oversubscribes
+    # (and implicit warns about it when the model is built, so build it inside the limit)
     with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=config.factors,
+            regularization=config.regularization,
+            alpha=config.alpha,
+            iterations=config.iterations,
+            num_threads=config.threads,
+            random_state=seed,
+        )
         model.fit(user_items.astype(np.float32).tocsr(), show_progress=False)
     return np.asarray(model.user_factors, dtype=np.float32), np.asarray(model.item_factors, dtype=np.float32)
 
@@ -62,14 +64,12 @@ class Baselines:
     user_factors: np.ndarray
     item_factors: np.ndarray
     item_unit: np.ndarray  # item factors scaled to unit length (cosine)
-    tiebreak: np.ndarray  # popularity rank / n_items / 2, in [0, 0.5): orders equal counts
+    tiebreak: np.ndarray  # float32 popularity rank / n_items / 2, in [0, 0.5): orders equal counts
     als_seconds: float = 0.0
     seed: int = 0
 
     @classmethod
     def fit(cls, history: History, *, seed: int = 0, als: AlsConfig = AlsConfig()) -> "Baselines":
-        import time
-
         co = (history.baskets.T @ history.baskets).tocsr()
         co.setdiag(0)
         co.eliminate_zeros()
@@ -79,52 +79,81 @@ class Baselines:
         unit = vf / np.maximum(np.linalg.norm(vf, axis=1, keepdims=True), 1e-12)
         rank = np.empty(history.n_items, dtype=np.float64)
         rank[np.argsort(history.popularity, kind="stable")] = np.arange(history.n_items)
-        return cls(history, co, uf, vf, unit, rank / max(history.n_items, 1) / 2, seconds, seed)
+        tiebreak = (rank / max(history.n_items, 1) / 2).astype(np.float32)
+        return cls(history, co, uf, vf, unit.astype(np.float32), tiebreak, seconds, seed)
 
-    def raw(self, name: str, queries: QuerySet, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), n_items) float64 scores of component `name` (higher = better)."""
+    def raw(self, name: str, queries: QuerySet, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """float32 (len(rows), len(cols)) scores of component `name` (higher = better).
+        Count components come back as log1p(count): same order, the scale the blend uses."""
         h = self.history
         if name == "popularity":
-            return np.broadcast_to(h.popularity, (len(rows), h.n_items)).astype(np.float64)
+            return np.broadcast_to(np.log1p(h.popularity[cols]).astype(np.float32), (len(rows), len(cols)))
         if name == "buy_again":
-            return h.user_items[queries.user[rows]].toarray().astype(np.float64)
+            return _log1p_rows(h.user_items, queries.user[rows], cols)
         if name == "co_purchase":
-            return self.co_counts[queries.anchor[rows]].toarray().astype(np.float64)
+            return _log1p_rows(self.co_counts, queries.anchor[rows], cols)
         if name == "als_user":
-            return (self.user_factors[queries.user[rows]] @ self.item_factors.T).astype(np.float64)
+            return self.user_factors[queries.user[rows]] @ self.item_factors[cols].T
         if name == "als_item":
-            return (self.item_unit[queries.anchor[rows]] @ self.item_unit.T).astype(np.float64)
-        if name == "random":
-            # keyed by (seed, query position) so a query's order does not depend on batching
-            out = np.empty((len(rows), h.n_items))
-            for j, q in enumerate(rows):
-                out[j] = np.random.default_rng([self.seed, int(q)]).random(h.n_items)
-            return out
-        raise KeyError(f"unknown baseline {name!r}; known: {COMPONENTS + ('random',)}")
+            return self.item_unit[queries.anchor[rows]] @ self.item_unit[cols].T
+        raise KeyError(f"unknown baseline {name!r}; known: {COMPONENTS}")
 
-    def ranking_score(self, name: str, raw: np.ndarray) -> np.ndarray:
-        return raw + self.tiebreak if name in COUNT_LIKE else raw
+    def ranking_score(self, name: str, raw: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        # log1p(count) steps are >= log(1.5) apart for counts >= 1, more than the tiebreak's 0.5
+        return raw + self.tiebreak[cols] if name in COUNT_LIKE else raw
+
+
+def _log1p_rows(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    sub = m[rows][:, cols]
+    sub.data = np.log1p(sub.data)
+    return sub.toarray().astype(np.float32, copy=False)
 
 
 def normalise(name: str, raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per-query min-max over the candidates (log1p first for counts); 0 outside the mask
-    and for a query where the component is constant."""
-    t = np.log1p(raw) if name in COUNT_LIKE else raw
-    big = np.where(mask, t, np.inf).min(axis=1, keepdims=True)
-    top = np.where(mask, t, -np.inf).max(axis=1, keepdims=True)
-    span = top - big
+    """Scale a component to [0, 1] per query over its candidates: counts (already log1p) by
+    their max, real-valued scores min-max. 0 outside the mask and where a component is
+    constant over the candidates."""
+    if name in COUNT_LIKE:
+        top = np.where(mask, raw, 0).max(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(mask & (top > 0), raw / top, np.float32(0)).astype(np.float32, copy=False)
+    low = np.where(mask, raw, np.inf).min(axis=1, keepdims=True)
+    top = np.where(mask, raw, -np.inf).max(axis=1, keepdims=True)
+    span = top - low
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(mask & (span > 0), (t - big) / span, 0.0)
-    return out
+        return np.where(mask & (span > 0), (raw - low) / span, np.float32(0)).astype(np.float32, copy=False)
 
 
-def top_k(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
-    """(n, k) int64 item codes of the k best masked items per row, best first; -1 pads rows
-    with fewer than k candidates. Ties go to the lower item code."""
-    s = np.where(mask, scores, -np.inf)
-    n_items = s.shape[1]
-    kk = min(k, n_items)
-    part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+def top_k(scores: np.ndarray, mask: np.ndarray, k: int, *, block: int = 64) -> np.ndarray:
+    """(n, k) int64 column positions of the k best masked entries per row, best first;
+    -1 pads rows with fewer than k candidates. Exact ties at the cut are broken arbitrarily
+    (the count baselines add a popularity tiebreak so they have none).
+
+    Wide rows go through block maxima first: every one of a row's k best entries lies in
+    one of the k blocks with the largest maxima (a block holding a top-k entry has a max at
+    least that large, and at most k block maxima can be among the k best), so only k
+    blocks are partitioned: ~4x faster than argpartition over 20k columns.
+    """
+    s = np.where(mask, scores, -np.inf).astype(np.float32, copy=False)
+    n, n_cols = s.shape
+    kk = min(k, n_cols)
+    if kk == 0:
+        return np.full((n, k), -1, dtype=np.int64)
+    if n_cols > 8 * k * block:
+        n_blocks = -(-n_cols // block)
+        padded = np.full((n, n_blocks * block), -np.inf, dtype=np.float32)
+        padded[:, :n_cols] = s
+        blocks = padded.reshape(n, n_blocks, block)
+        best_blocks = np.argpartition(-blocks.max(axis=2), kk - 1, axis=1)[:, :kk]
+        cand = (best_blocks[:, :, None] * block + np.arange(block)[None, None, :]).reshape(n, -1)
+        cand_vals = np.take_along_axis(padded, cand, axis=1)
+        sel = np.argpartition(-cand_vals, kk - 1, axis=1)[:, :kk]
+        part = np.take_along_axis(cand, sel, axis=1)
+        s = padded
+    elif kk < n_cols:
+        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+    else:
+        part = np.tile(np.arange(n_cols), (n, 1))
     vals = np.take_along_axis(s, part, axis=1)
     order = np.lexsort((part, -vals), axis=1)
     idx = np.take_along_axis(part, order, axis=1)
@@ -134,9 +163,31 @@ def top_k(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
     return idx.astype(np.int64)
 
 
-def batches(n: int, size: int) -> Iterator[np.ndarray]:
-    for start in range(0, n, size):
-        yield np.arange(start, min(start + size, n))
+def random_top_k(queries: QuerySet, history: History, k: int, *, seed: int = 0) -> np.ndarray:
+    """k candidates drawn uniformly without replacement, keyed by (seed, query)."""
+    out = np.full((len(queries), k), -1, dtype=np.int64)
+    for rows, cols, mask in query_batches(queries, history, 256):
+        for j, q in enumerate(rows):
+            pos = np.flatnonzero(mask[j])
+            rng = np.random.default_rng([seed, int(q)])
+            pick = rng.choice(len(pos), size=min(k, len(pos)), replace=False)
+            out[q, : len(pick)] = cols[pos[pick]]
+    return out
+
+
+def query_batches(queries: QuerySet, history: History, size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows, cols, mask) per batch: queries grouped by anchor category so that up-sell
+    batches only touch the few columns (items) their categories hold."""
+    order = np.argsort(history.category[queries.anchor], kind="stable")
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
+        full = candidate_mask(queries, history, rows)
+        cols = np.flatnonzero(full.any(axis=0))
+        yield rows, cols, full[:, cols]
+
+
+def _as_items(pos: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    return np.where(pos >= 0, cols[np.maximum(pos, 0)] if len(cols) else -1, -1)
 
 
 @dataclass(frozen=True)
@@ -144,9 +195,13 @@ class Blend:
     weights: dict[str, float]
 
     def score(self, normalised: dict[str, np.ndarray], tiebreak: np.ndarray) -> np.ndarray:
-        total = sum(w * normalised[c] for c, w in self.weights.items() if w)
+        total = None
+        for c, w in self.weights.items():
+            if w:
+                total = w * normalised[c] if total is None else total + w * normalised[c]
         # ties (e.g. every weight on buy-again) fall back to popularity, like the count baselines
-        return total + 1e-6 * tiebreak
+        tb = np.float32(1e-6) * tiebreak
+        return tb[None, :] if total is None else total + tb
 
 
 def rank_baselines(
@@ -159,19 +214,18 @@ def rank_baselines(
     batch_size: int = 256,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Top-k item codes (n_queries, k) for each single baseline and each blend."""
+    """Top-k item codes (n_queries, k), -1 = nothing, for each single baseline and blend."""
     blends = blends or {}
-    needed = set(singles) | {c for b in blends.values() for c, w in b.weights.items() if w}
+    needed = list(dict.fromkeys([*singles, *(c for b in blends.values() for c, w in b.weights.items() if w)]))
     out = {name: np.full((len(queries), k), -1, dtype=np.int64) for name in [*singles, *blends]}
-    for rows in batches(len(queries), batch_size):
-        mask = candidate_mask(queries, base.history, rows)
-        raw = {c: base.raw(c, queries, rows) for c in needed}
+    for rows, cols, mask in query_batches(queries, base.history, batch_size):
+        raw = {c: base.raw(c, queries, rows, cols) for c in needed}
         for name in singles:
-            out[name][rows] = top_k(base.ranking_score(name, raw[name]), mask, k)
+            out[name][rows] = _as_items(top_k(base.ranking_score(name, raw[name], cols), mask, k), cols)
         if blends:
             norm = {c: normalise(c, raw[c], mask) for c in raw if c in COMPONENTS}
             for name, blend in blends.items():
-                out[name][rows] = top_k(blend.score(norm, base.tiebreak), mask, k)
+                out[name][rows] = _as_items(top_k(blend.score(norm, base.tiebreak[cols]), mask, k), cols)
         if on_batch:
             on_batch(len(rows))
     return out
@@ -203,15 +257,16 @@ def build_pool(
     scores = np.zeros((n, width, nc), dtype=np.float32)
     n_items = base.history.n_items
     rel_codes = queries.relevant_codes(n_items)
-    for rows in batches(n, batch_size):
-        mask = candidate_mask(queries, base.history, rows)
-        raw = {c: base.raw(c, queries, rows) for c in components}
-        union = np.concatenate([top_k(base.ranking_score(c, raw[c]), mask, depth) for c in components], axis=1)
+    for rows, cols, mask in query_batches(queries, base.history, batch_size):
+        raw = {c: base.raw(c, queries, rows, cols) for c in components}
+        union = np.concatenate(
+            [top_k(base.ranking_score(c, raw[c], cols), mask, depth) for c in components], axis=1
+        )
         union.sort(axis=1)
         dup = np.zeros_like(union, dtype=bool)
         dup[:, 1:] = union[:, 1:] == union[:, :-1]
         union[dup] = -1
-        items[rows] = union
+        items[rows] = _as_items(union, cols)
         safe = np.maximum(union, 0)
         for j, c in enumerate(components):
             scores[rows, :, j] = np.take_along_axis(normalise(c, raw[c], mask), safe, axis=1)
