@@ -41,11 +41,14 @@ def hard_filter(arts: Artifacts, c: Candidates, strategy: Strategy, scope: Reque
         keep &= np.isin(cats, scope.allowed_categories)
     if len(scope.denied_categories):
         keep &= ~np.isin(cats, scope.denied_categories)
-    price = arts.price[items]
+    # price_min / price_max bound the price the caller shows (the catalog price);
+    # the up-sell band compares reference prices, like the price_uplift it returns.
+    shown = arts.catalog_price[items]
     if f.price_min is not None:
-        keep &= price >= f.price_min
+        keep &= shown >= f.price_min
     if f.price_max is not None:
-        keep &= price <= f.price_max
+        keep &= shown <= f.price_max
+    price = arts.price[items]
     if f.exclude_purchased and scope.user >= 0:
         lo, hi = arts.user_counts.indptr[scope.user], arts.user_counts.indptr[scope.user + 1]
         keep &= ~np.isin(items, arts.user_counts.indices[lo:hi])

@@ -110,15 +110,12 @@ class ModelHolder:
             try:
                 new = self._loader(path)
             except Exception as exc:
-                refusal = (
-                    exc
-                    if isinstance(exc, BundleError)
-                    else BundleError(
-                        # a library choking on garbage is still a refusal, not a crash
-                        f"could not be loaded: {type(exc).__name__}: {exc}",
-                        path=str(path),
+                if isinstance(exc, BundleError):
+                    refusal = exc
+                else:  # a library choking on garbage is still a refusal, not a crash
+                    refusal = BundleError(
+                        f"could not be loaded: {type(exc).__name__}: {exc}", path=str(path)
                     )
-                )
                 log.error("bundle refused: %s; still serving %s", refusal, serving)
                 for listener in self._refusal_listeners:
                     listener(refusal)
