@@ -15,8 +15,8 @@ from xsell.ranking.types import CartLine, Filters, RankRequest, Strategy
 
 
 @pytest.fixture(scope="module")
-def ranker(small_bundle):
-    return Ranker.load(small_bundle)
+def ranker(bundle_dir):
+    return Ranker.load(bundle_dir)
 
 
 def _popular_anchors(data, n=40):
@@ -25,12 +25,12 @@ def _popular_anchors(data, n=40):
     return [i for i in purchases["item_id"].value_counts().index if i in stock][:n]
 
 
-def test_planted_complements_rank_above_other_categories(ranker, synthetic_data, truth):
-    cat_of = dict(zip(synthetic_data.catalog["item_id"], synthetic_data.catalog["category"]))
+def test_planted_complements_rank_above_other_categories(ranker, dataset, truth):
+    cat_of = dict(zip(dataset.catalog["item_id"], dataset.catalog["category"]))
     complement = truth["complement_of"]
-    n_cats = synthetic_data.catalog["category"].nunique()
+    n_cats = dataset.catalog["category"].nunique()
     hits, total = 0, 0
-    for anchor in _popular_anchors(synthetic_data):
+    for anchor in _popular_anchors(dataset):
         res = ranker.rank(RankRequest(cart=(CartLine(anchor),), strategy=Strategy.CROSS_SELL, limit=10))
         partner = complement.get(cat_of[anchor])
         assert res.cross_sell and not res.fallback
@@ -42,11 +42,11 @@ def test_planted_complements_rank_above_other_categories(ranker, synthetic_data,
     assert hits / total > 4.0 / (n_cats - 1)
 
 
-def test_up_sell_is_pricier_and_same_category(ranker, synthetic_data):
-    cat_of = dict(zip(synthetic_data.catalog["item_id"], synthetic_data.catalog["category"]))
+def test_up_sell_is_pricier_and_same_category(ranker, dataset):
+    cat_of = dict(zip(dataset.catalog["item_id"], dataset.catalog["category"]))
     arts = ranker.arts
     n_lists = 0
-    for anchor in _popular_anchors(synthetic_data, 25):
+    for anchor in _popular_anchors(dataset, 25):
         res = ranker.rank(RankRequest(cart=(CartLine(anchor),), strategy=Strategy.UP_SELL, limit=5,
                                       filters=Filters(uplift_min=1.2, uplift_max=3.0)))
         a_price = arts.price[arts.items.get(anchor)]
@@ -58,8 +58,8 @@ def test_up_sell_is_pricier_and_same_category(ranker, synthetic_data):
     assert n_lists >= 10
 
 
-def test_scores_are_sorted_and_explanations_add_up(ranker, synthetic_data):
-    anchor = _popular_anchors(synthetic_data, 1)[0]
+def test_scores_are_sorted_and_explanations_add_up(ranker, dataset):
+    anchor = _popular_anchors(dataset, 1)[0]
     res = ranker.rank(RankRequest(cart=(CartLine(anchor),), limit=8, explain=True))
     for items in (res.cross_sell, res.up_sell):
         scores = [i.score for i in items]
@@ -70,15 +70,15 @@ def test_scores_are_sorted_and_explanations_add_up(ranker, synthetic_data):
         assert all(r.contribution > 0 and r.text and r.feature in ranker.feature_names for r in item.reasons)
 
 
-def test_retrieval_only_ranks_the_same_candidates(small_bundle, synthetic_data):
-    anchor = _popular_anchors(synthetic_data, 1)[0]
-    ranker = Ranker.load(small_bundle)
+def test_retrieval_only_ranks_the_same_candidates(bundle_dir, dataset):
+    anchor = _popular_anchors(dataset, 1)[0]
+    ranker = Ranker.load(bundle_dir)
     probe = RankRequest(cart=(CartLine(anchor),), strategy=Strategy.CROSS_SELL)
     candidates = set(ranker.candidate_ids(probe)[0])
     req = probe.with_(limit=min(100, len(candidates)))
     full = ranker.rank(req)
     assert not full.fallback
-    plain = Ranker.load(small_bundle, retrieval_only=True).rank(req)
+    plain = Ranker.load(bundle_dir, retrieval_only=True).rank(req)
     assert {i.item_id for i in full.cross_sell} <= candidates
     assert {i.item_id for i in plain.cross_sell} <= candidates
     if len(candidates) <= 100:
@@ -86,17 +86,17 @@ def test_retrieval_only_ranks_the_same_candidates(small_bundle, synthetic_data):
     assert [i.item_id for i in full.cross_sell] != [i.item_id for i in plain.cross_sell]
 
 
-def test_manifest_records_what_the_server_needs(small_bundle):
-    manifest = read_manifest(small_bundle)
+def test_manifest_records_what_the_server_needs(bundle_dir):
+    manifest = read_manifest(bundle_dir)
     assert manifest["feature_names"] and manifest["version"] and manifest["data_fingerprint"]
     assert {"model_cross_sell.txt", "model_up_sell.txt", "ann.idx", "cleaning_report.json"} <= set(manifest["files"])
     assert manifest["metrics"]["cross_sell_valid_ndcg@10"] > 0
 
 
 @pytest.mark.parametrize("victim", ["model_cross_sell.txt", "ann.idx", "user_counts.npz", "items.json"])
-def test_tampered_file_is_refused(small_bundle, tmp_path, victim):
+def test_tampered_file_is_refused(bundle_dir, tmp_path, victim):
     copy = tmp_path / "b"
-    shutil.copytree(small_bundle, copy)
+    shutil.copytree(bundle_dir, copy)
     data = bytearray((copy / victim).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / victim).write_bytes(bytes(data))
@@ -104,18 +104,18 @@ def test_tampered_file_is_refused(small_bundle, tmp_path, victim):
         Ranker.load(copy)
 
 
-def test_truncated_file_is_refused(small_bundle, tmp_path):
+def test_truncated_file_is_refused(bundle_dir, tmp_path):
     copy = tmp_path / "b"
-    shutil.copytree(small_bundle, copy)
+    shutil.copytree(bundle_dir, copy)
     path = copy / "ann.idx"
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(BundleError, match="ann.idx"):
         Ranker.load(copy)
 
 
-def test_wrong_feature_list_is_refused(small_bundle, tmp_path):
+def test_wrong_feature_list_is_refused(bundle_dir, tmp_path):
     copy = tmp_path / "b"
-    shutil.copytree(small_bundle, copy)
+    shutil.copytree(bundle_dir, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["feature_names"] = list(reversed(manifest["feature_names"]))
     (copy / "manifest.json").write_text(json.dumps(manifest))
@@ -127,9 +127,9 @@ def test_wrong_feature_list_is_refused(small_bundle, tmp_path):
         Ranker.load(copy)
 
 
-def test_missing_manifest_means_not_a_bundle(small_bundle, tmp_path):
+def test_missing_manifest_means_not_a_bundle(bundle_dir, tmp_path):
     copy = tmp_path / "b"
-    shutil.copytree(small_bundle, copy)
+    shutil.copytree(bundle_dir, copy)
     (copy / "manifest.json").unlink()
     with pytest.raises(BundleError, match="manifest"):
         Ranker.load(copy)
@@ -145,8 +145,8 @@ def test_failed_write_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_bundle_is_not_overwritten_by_default(small_bundle):
+def test_existing_bundle_is_not_overwritten_by_default(bundle_dir):
     with pytest.raises(BundleError, match="overwrite"):
-        with atomic_bundle_dir(small_bundle):
+        with atomic_bundle_dir(bundle_dir):
             pass
-    assert read_manifest(small_bundle)
+    assert read_manifest(bundle_dir)

@@ -17,7 +17,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from xsell.data.loaders import load_dataset
 from xsell.v1 import xsell_pb2_grpc as pb_grpc
 
 
@@ -34,12 +33,6 @@ class Facts:
 
 
 @pytest.fixture(scope="session")
-def dataset(synthetic_dir):
-    d = Path(synthetic_dir)
-    return load_dataset(d / "events.csv", d / "catalog.csv", d / "users.csv")
-
-
-@pytest.fixture(scope="session")
 def facts(dataset) -> Facts:
     cat, ev = dataset.catalog, dataset.events
     purchases = ev[ev["event_type"] == "purchase"]
@@ -53,29 +46,6 @@ def facts(dataset) -> Facts:
         items_by_popularity=[i for i in counts.index if stock.get(i, False)],
         users=sorted(ev["user_id"].unique()),
     )
-
-
-@pytest.fixture(scope="session")
-def bundle_root(tmp_path_factory) -> Path:
-    """The directory ReloadModel may load from; the trained bundle lives inside."""
-    return tmp_path_factory.mktemp("bundles")
-
-
-@pytest.fixture(scope="session")
-def bundle_dir(dataset, bundle_root) -> Path:
-    from xsell.ranking.model import ModelConfig
-    from xsell.ranking.train import TrainConfig, train_bundle
-    from xsell.retrieval.artifacts import RetrievalConfig
-
-    # A real model, small and quick (~4 s): the server tests need one, not a good one.
-    # One LightGBM thread: on this 2-core box all-core training was ~20x slower under load.
-    config = TrainConfig(
-        max_queries=300,
-        seed=0,
-        model=ModelConfig(max_rounds=30, early_stopping_rounds=10, learning_rate=0.2, threads=1),
-        retrieval=RetrievalConfig(factors=32, iterations=8),
-    )
-    return train_bundle(dataset, bundle_root / "base", config, log=lambda *_: None)
 
 
 @pytest.fixture(scope="session")
