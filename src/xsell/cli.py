@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "xsell.evaluation.cli",
     "xsell.server.cli",
     "xsell.clients.cli",
+    "xsell.clients.loadtest.cli",
     "xsell.demo",
 )
 
