@@ -124,7 +124,7 @@ def normalise(name: str, raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return np.where(mask & (span > 0), (raw - low) / span, np.float32(0)).astype(np.float32, copy=False)
 
 
-def top_k(scores: np.ndarray, mask: np.ndarray, k: int, *, block: int = 64) -> np.ndarray:
+def top_k(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
     """(n, k) int64 column positions of the k best masked entries per row, best first;
     -1 pads rows with fewer than k candidates. Exact ties at the cut are broken arbitrarily
     (the count baselines add a popularity tiebreak so they have none).
@@ -139,7 +139,8 @@ def top_k(scores: np.ndarray, mask: np.ndarray, k: int, *, block: int = 64) -> n
     kk = min(k, n_cols)
     if kk == 0:
         return np.full((n, k), -1, dtype=np.int64)
-    if n_cols > 8 * k * block:
+    block = min(64, n_cols // (8 * max(kk, 1)))
+    if block >= 8:
         n_blocks = -(-n_cols // block)
         padded = np.full((n, n_blocks * block), -np.inf, dtype=np.float32)
         padded[:, :n_cols] = s

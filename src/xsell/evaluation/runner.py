@@ -1,0 +1,328 @@
+"""`evaluate`: the whole offline protocol of DESIGN.md section 3, end to end.
+
+1. Split by time: fit | validation window | test period.
+2. Validation: baselines fitted on the fit period answer queries built from the
+   validation window; the blend weights are tuned there (one blend per view).
+3. Test: baselines refitted on fit + validation; the model is trained on fit + validation
+   only (`train_bundle` sees no test-period row); every method answers the same test
+   queries under the same candidate rule.
+4. Per-query metrics, 95% intervals, paired differences to the best baseline, the
+   retrieval stage's candidate recall, ablations; report.md / report.json / report.png.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from xsell.data.contract import Dataset
+
+from . import metrics as M
+from .baselines import COMPONENTS, Baselines, Blend, build_pool, rank_baselines, random_top_k, tune_blend
+from .queries import History, QuerySet, build_history, cross_sell_queries, new_to_shopper, up_sell_queries
+from .split import time_split
+
+K = 10
+UPSELL_MIN_UPLIFT = 1.15
+VIEWS = ("cross_sell", "cross_sell_new", "up_sell")
+VIEW_TITLES = {
+    "cross_sell": "Cross-sell, all relevant items",
+    "cross_sell_new": "Cross-sell, items new to the shopper",
+    "up_sell": "Up-sell (same category, pricier than the anchor)",
+}
+RESTRICTED = f" (>={UPSELL_MIN_UPLIFT}x)"  # suffix of up-sell methods with the restricted band
+MODEL = "model"
+ABLATIONS = {"retrieval only": None, "no price features": ("price",), "no complement features": ("complement",)}
+BASELINE_LABELS = {
+    "random": "random",
+    "popularity": "popularity",
+    "buy_again": "buy again",
+    "co_purchase": "co-purchase",
+    "als_user": "ALS user-item",
+    "als_item": "ALS anchor-item",
+    "blend": "tuned blend",
+}
+
+
+class Progress:
+    """Stage lines with elapsed time on stderr; long loops report every few seconds."""
+
+    def __init__(self, enabled: bool = True, stream=None) -> None:
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.t0 = time.perf_counter()
+        self._last = 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(f"[{self.elapsed():7.1f}s] {message}", file=self.stream, flush=True)
+
+    def counter(self, label: str, total: int, every: float = 10.0):
+        """A callback(done) that prints `label done/total` at most every `every` seconds."""
+        start = time.perf_counter()
+
+        def tick(done: int) -> None:
+            now = time.perf_counter()
+            if self.enabled and (now - self._last >= every or done == total):
+                self._last = now
+                rate = done / max(now - start, 1e-9)
+                eta = (total - done) / rate if rate > 0 else float("nan")
+                self(f"  {label}: {done:,}/{total:,} ({rate:,.0f}/s, eta {eta:,.0f}s)")
+
+        return tick
+
+
+def build_views(target, history_events, history: History, *, max_queries: int, seed: int) -> dict[str, QuerySet]:
+    cross = cross_sell_queries(target, history, max_queries=max_queries, seed=seed, name="cross_sell")
+    return {
+        "cross_sell": cross,
+        "cross_sell_new": new_to_shopper(cross, history, name="cross_sell_new"),
+        "up_sell": up_sell_queries(
+            target, history_events, history, min_uplift=UPSELL_MIN_UPLIFT, max_queries=max_queries, seed=seed
+        ),
+    }
+
+
+def per_query_metrics(ranked: np.ndarray, queries: QuerySet, history: History) -> dict[str, np.ndarray]:
+    """Every metric of one method on one view, one value per query."""
+    hits = M.hits_matrix(ranked, queries.relevant_codes(history.n_items), history.n_items)
+    prices = np.where(ranked >= 0, history.price[np.maximum(ranked, 0)], 0.0)
+    n_rel = queries.n_relevant
+    out = {
+        "ndcg": M.ndcg_at_k(hits, n_rel),
+        "recall": M.recall_at_k(hits, n_rel),
+        "hit_rate": M.hit_rate_at_k(hits),
+        "revenue": M.revenue_at_k(hits, prices),
+    }
+    if queries.task == "up_sell":
+        out["uplift"] = M.price_uplift_of_hits(hits, prices, history.price[queries.anchor])
+    return out
+
+
+def summarise(per_query: dict[str, dict[str, np.ndarray]], baselines: list[str]) -> dict:
+    """Mean and 95% interval of every metric per method, and the paired difference of
+    every method to the best baseline (by NDCG@10)."""
+    methods = {name: {m: M.mean_ci(v).to_dict() for m, v in metrics.items()} for name, metrics in per_query.items()}
+    best = max(baselines, key=lambda b: methods[b]["ndcg"]["mean"] if methods[b]["ndcg"]["n"] else -1.0)
+    diffs = {
+        name: {m: M.paired_difference(v, per_query[best][m]).to_dict() for m, v in metrics.items()}
+        for name, metrics in per_query.items()
+        if name != best
+    }
+    return {"methods": methods, "best_baseline": best, "paired_vs_best": diffs, "baselines": baselines}
+
+
+def evaluate(
+    dataset: Dataset,
+    out_dir,
+    *,
+    test_days: int = 28,
+    valid_days: int = 28,
+    max_queries: int = 20_000,
+    seed: int = 0,
+    config=None,
+    ablations: bool = True,
+    progress: bool = True,
+    model: bool = True,
+) -> dict:
+    """Run the protocol and write report.md, report.json, report.png (and the bundles) to
+    `out_dir`. `config`: a `TrainConfig` for the model (default: TrainConfig with this
+    seed and label_days = valid_days). `model=False` scores the baselines only.
+    Returns the report as a dict (what report.json holds)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = Progress(progress)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, t0: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round(now - t0, 2)
+        return now
+
+    t = time.perf_counter()
+    split = time_split(dataset.events, test_days=test_days, valid_days=valid_days)
+    s = split.summary()
+    log(f"split: fit {s['fit_rows']:,} rows | valid {s['valid_rows']:,} (from {s['valid_start']}) | "
+        f"test {s['test_rows']:,} (from {s['test_start']})")  # fmt: skip
+
+    # --- validation: tune one blend per view ----------------------------------------------
+    hist_fit = build_history(split.fit, dataset.catalog)
+    base_fit = Baselines.fit(hist_fit, seed=seed)
+    valid_views = build_views(split.valid, split.fit, hist_fit, max_queries=max_queries, seed=seed)
+    valid_views["up_sell" + RESTRICTED] = valid_views["up_sell"].with_rule(
+        "up_sell" + RESTRICTED, min_uplift=UPSELL_MIN_UPLIFT
+    )
+    log(f"validation: ALS {base_fit.als_seconds:.1f}s; queries "
+        + ", ".join(f"{n} {len(q):,}" for n, q in valid_views.items()))  # fmt: skip
+    tuning = {}
+    for name, vq in valid_views.items():
+        if len(vq) == 0:
+            tuning[name] = None
+            continue
+        pool = build_pool(vq, base_fit)
+        tuning[name] = tune_blend(pool, k=K)
+        r = tuning[name]
+        log(f"  blend[{name}]: validation NDCG@10 {r.validation_ndcg:.4f} "
+            f"(best single {max(r.single_ndcg.values()):.4f}); weights "
+            + " ".join(f"{c}={w:g}" for c, w in r.blend.weights.items() if w))  # fmt: skip
+    del pool
+    t = timed("validation_and_tuning", t)
+
+    # --- test: baselines on fit + valid -------------------------------------------------
+    train_events = split.train
+    history = build_history(train_events, dataset.catalog)
+    base = Baselines.fit(history, seed=seed)
+    views = build_views(split.test, train_events, history, max_queries=max_queries, seed=seed)
+    restricted = views["up_sell"].with_rule("up_sell" + RESTRICTED, min_uplift=UPSELL_MIN_UPLIFT)
+    log(f"test: {history.n_items:,} warm items, {len(history.users):,} warm users; ALS {base.als_seconds:.1f}s; "
+        "queries " + ", ".join(f"{n} {len(q):,}" for n, q in views.items()))  # fmt: skip
+
+    rankings: dict[str, dict[str, np.ndarray]] = {v: {} for v in VIEWS}
+    baseline_names: dict[str, list[str]] = {v: [] for v in VIEWS}
+
+    def add_baselines(view: str, queries: QuerySet, tuned, suffix: str = "", singles=COMPONENTS) -> None:
+        blends = {"blend": tuned.blend} if tuned is not None else {}
+        tick = log.counter(f"baselines {queries.name}", len(queries))
+        done = [0]
+
+        def on_batch(n: int) -> None:
+            done[0] += n
+            tick(done[0])
+
+        ranked = rank_baselines(queries, base, singles=singles, blends=blends, k=K, on_batch=on_batch)
+        if not suffix:
+            ranked = {"random": random_top_k(queries, history, K, seed=seed), **ranked}
+        for name, r in ranked.items():
+            label = BASELINE_LABELS[name] + suffix
+            rankings[view][label] = r
+            baseline_names[view].append(label)
+
+    for view in VIEWS:
+        if len(views[view]):
+            add_baselines(view, views[view], tuning.get(view))
+    if len(restricted):
+        add_baselines("up_sell", restricted, tuning.get("up_sell" + RESTRICTED), RESTRICTED, ("popularity", "buy_again"))
+    t = timed("baselines", t)
+
+    # --- the model ------------------------------------------------------------------------
+    candidate = {}
+    bundles = {}
+    if model:
+        from xsell.ranking.ranker import Ranker
+        from xsell.ranking.train import TrainConfig, train_bundle
+
+        cfg = config or TrainConfig(seed=seed, label_days=valid_days)
+        train_ds = Dataset(train_events, dataset.catalog, dataset.users, dataset.report)
+        variants = {MODEL: cfg}
+        if ablations:
+            for label, groups in ABLATIONS.items():
+                if groups is not None:
+                    variants[label] = replace(cfg, disabled_feature_groups=tuple(cfg.disabled_feature_groups) + groups)
+        for label, vcfg in variants.items():
+            t0 = time.perf_counter()
+            path = out / "bundles" / label.replace(" ", "_")
+            log(f"training bundle '{label}' on {len(train_events):,} pre-test events")
+            bundles[label] = train_bundle(train_ds, path, vcfg, overwrite=True, log=lambda *_: None)
+            timings[f"train[{label}]"] = round(time.perf_counter() - t0, 2)
+            log(f"  trained in {timings[f'train[{label}]']:.1f}s -> {path}")
+        t = time.perf_counter()
+        rankers = {label: Ranker.load(p) for label, p in bundles.items()}
+        if ablations:
+            rankers["retrieval only"] = Ranker.load(bundles[MODEL], retrieval_only=True)
+        from .model import candidate_recall, model_rankings
+
+        for view in VIEWS:
+            qs = views[view]
+            if not len(qs):
+                continue
+            for label, ranker in rankers.items():
+                rankings[view][label] = model_rankings(
+                    ranker, qs, history, k=K, on_query=log.counter(f"{label} / {view}", len(qs))
+                )
+            if view == "up_sell":
+                rankings[view][MODEL + RESTRICTED] = model_rankings(
+                    rankers[MODEL], qs, history, k=K, uplift_min=UPSELL_MIN_UPLIFT,
+                    on_query=log.counter(f"{MODEL}{RESTRICTED} / {view}", len(qs)),
+                )  # fmt: skip
+            rec, n_cand = candidate_recall(rankers[MODEL], qs, history, on_query=log.counter(f"candidates / {view}", len(qs)))
+            candidate[view] = {"recall": M.mean_ci(rec).to_dict(), "mean_candidates": float(n_cand.mean())}
+            log(f"  candidate recall {view}: {candidate[view]['recall']['mean']:.3f} "
+                f"({candidate[view]['mean_candidates']:.0f} candidates per query)")  # fmt: skip
+        t = timed("model_scoring", t)
+
+    # --- metrics & report -------------------------------------------------------------------
+    results = {}
+    per_query_dump = {}
+    for view in VIEWS:
+        qs = views[view]
+        if not len(qs):
+            results[view] = {"queries": 0, "query_stats": qs.stats}
+            continue
+        pq = {name: per_query_metrics(r, qs, history) for name, r in rankings[view].items()}
+        results[view] = {"queries": len(qs), "query_stats": qs.stats, **summarise(pq, baseline_names[view])}
+        if MODEL in pq:
+            results[view]["ablations_vs_model"] = {
+                name: {m: M.paired_difference(pq[name][m], pq[MODEL][m]).to_dict() for m in pq[name]}
+                for name in pq
+                if name in ABLATIONS
+            }
+        if view in candidate:
+            results[view]["candidate_recall"] = candidate[view]
+        for name, metrics_ in pq.items():
+            per_query_dump[f"{view}/{name}/ndcg"] = metrics_["ndcg"]
+    timings["total"] = round(log.elapsed(), 2)
+
+    report = {
+        "protocol": {
+            "k": K, "test_days": test_days, "valid_days": valid_days, "max_queries": max_queries, "seed": seed,
+            "upsell_min_uplift": UPSELL_MIN_UPLIFT, "ci": "95%, normal approximation (mean +- 1.96 sd/sqrt(n))",
+            "price": "median unit price of the item's training purchase lines",
+        },  # fmt: skip
+        "data": {
+            "events": len(dataset.events), "catalog_items": len(dataset.catalog), **split.summary(),
+            "warm_items": history.n_items, "warm_users": len(history.users),
+        },  # fmt: skip
+        "blend": {
+            name: (
+                {"weights": r.blend.weights, "validation_ndcg": r.validation_ndcg,
+                 "validation_single_ndcg": r.single_ndcg, "evaluations": r.evaluations,
+                 "validation_queries": len(valid_views[name])}
+                if r is not None else None
+            )
+            for name, r in tuning.items()
+        },  # fmt: skip
+        "als_seconds": {"fit_period": round(base_fit.als_seconds, 2), "train_period": round(base.als_seconds, 2)},
+        "views": results,
+        "bundles": {k: str(v) for k, v in bundles.items()},
+        "timings": timings,
+    }
+    from .report import targets, write_chart, write_markdown
+
+    report["targets"] = targets(report) if model else {}
+    (out / "report.json").write_text(json.dumps(_jsonable(report), indent=2))
+    np.savez_compressed(out / "per_query_ndcg.npz", **per_query_dump)
+    write_markdown(report, out / "report.md")
+    write_chart(report, out / "report.png")
+    log(f"report written to {out} ({timings['total']:.0f}s)")
+    return report
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return None if np.isnan(v) else v
+    return x
