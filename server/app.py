@@ -5,10 +5,19 @@ health service, server reflection, the serving interceptor (errors, metrics, acc
 log, deadlines), message-size limits, keepalive and the in-flight bound into one
 `grpc.Server`. It does not start it; `XsellServer.start()` does.
 
-Overload: gRPC's `maximum_concurrent_rpcs` bounds the calls a process holds (running
-+ queued for a pool thread). Past it gRPC answers RESOURCE_EXHAUSTED from its
-polling thread at once, without touching the pool, so the queue cannot grow without
-bound. The bound counts every call, health checks included. Default: 2 x threads.
+Overload (see xsell.server.interceptor): at most `max_in_flight` RecommendService
+calls are held (default 32; 2 x threads while a queue is standing), at most
+`threads` (default 2) run ranking code at once, the others wait for a slot; past
+the bound a call is answered RESOURCE_EXHAUSTED at once. Ranking holds the GIL, so more threads add no throughput, only
+contention: with 8 the gRPC polling thread starved under overload (issue 7 figures
+in server/README.md). The pool has
+`SPARE_THREADS` more threads than that bound, so refusals and health checks never
+wait behind ranking; gRPC's `maximum_concurrent_rpcs` (the same total) is the
+last-resort bound that also counts health checks.
+
+Security (see xsell.server.security): TLS / mutual TLS from PEM files, bearer tokens
+per calling service (AuthInterceptor, outermost), ReloadModel reserved for admin
+tokens, or for loopback peers when auth is off.
 
 Health: "" and "xsell.v1.RecommendService" are NOT_SERVING until a bundle is
 loaded, SERVING after, and NOT_SERVING for good once a graceful stop begins.
@@ -36,8 +45,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from xsell.errors import XsellError
-from xsell.server.interceptor import ACCESS_LOGGER, SERVICE_NAME, ServingInterceptor
+from xsell.server.interceptor import (
+    ACCESS_LOGGER,
+    DEFAULT_MAX_IN_FLIGHT,
+    SERVICE_NAME,
+    SPARE_THREADS,
+    Admission,
+    ServingInterceptor,
+)
 from xsell.server.metrics import ServerMetrics
+from xsell.server.security import AuthInterceptor, TlsFiles, TokenTable, server_credentials
 from xsell.server.service import ModelHolder, RecommendServicer, ReloadBroadcast
 from xsell.v1 import xsell_pb2_grpc as pb_grpc
 
@@ -46,7 +63,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("xsell.server")
 
-DEFAULT_THREADS = 8
+DEFAULT_THREADS = 2  # running calls per process; see the module doc
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024  # a request: 100 cart lines + 3 x 1000 filter ids fit easily
 MAX_SEND_BYTES = 16 * 1024 * 1024  # a 64-request batch of 2 x 100 explained items can pass 4 MiB
 HEALTH_SERVICES = ("", SERVICE_NAME)
@@ -92,8 +109,10 @@ class XsellServer(grpc.Server):
         health_servicer: health.HealthServicer,
         metrics: ServerMetrics,
         broadcast: ReloadBroadcast | None,
+        admission: Admission | None = None,
     ) -> None:
         self._server = server
+        self.admission = admission
         self.port = port
         self.holder = holder
         self.health = health_servicer
@@ -152,6 +171,10 @@ def create_server(
     metrics: ServerMetrics | None = None,
     reload_state_file: str | os.PathLike | None = None,
     reload_poll_seconds: float = 1.0,
+    tls: TlsFiles | None = None,
+    tokens: TokenTable | None = None,
+    allow_unauthenticated_reload: bool = False,
+    overload_in_flight: int | None = None,
 ) -> tuple[XsellServer, int]:
     """A configured, unstarted server and the port it bound (port 0 = a free one).
 
@@ -159,11 +182,16 @@ def create_server(
     BundleError), or None to start NOT_SERVING until a ReloadModel call loads one.
     `bundle_root`: ReloadModel only loads bundles below it; default the parent of
     the startup bundle. `reload_state_file`: shared with sibling worker processes
-    (see xsell.server.service). Raises BindError when the address is taken.
+    (see xsell.server.service). `tls`: serve TLS (mutual TLS when it has a client
+    CA). `tokens`: demand a bearer token on every call but health (auth off when
+    None). `allow_unauthenticated_reload`: with auth off, let any peer (not only
+    loopback ones) call ReloadModel. Raises BindError when the address is taken,
+    SecurityConfigError for an unreadable TLS file.
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    max_in_flight = max_in_flight if max_in_flight is not None else 2 * threads
+    if max_in_flight is None:
+        max_in_flight = max(DEFAULT_MAX_IN_FLIGHT, 2 * threads)
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
     metrics = metrics if metrics is not None else ServerMetrics()
@@ -198,13 +226,26 @@ def create_server(
     if reload_state_file is not None:
         broadcast = ReloadBroadcast(reload_state_file, holder, poll_seconds=reload_poll_seconds)
     servicer = RecommendServicer(
-        holder, metrics, bundle_root=root, startup_bundle=startup_bundle, broadcast=broadcast
+        holder,
+        metrics,
+        bundle_root=root,
+        startup_bundle=startup_bundle,
+        broadcast=broadcast,
+        auth_on=tokens is not None,
+        allow_unauthenticated_reload=allow_unauthenticated_reload,
     )
+    credentials = server_credentials(tls) if tls is not None else None  # files read before binding
+    admission = Admission(max_in_flight, threads, overload_in_flight=overload_in_flight)
+    serving = ServingInterceptor(metrics, access_log=access_log, admission=admission)
+    interceptors: list[grpc.ServerInterceptor] = [serving]
+    if tokens is not None:
+        interceptors.insert(0, AuthInterceptor(tokens, on_refusal=serving.record_refusal))
+    held = max_in_flight + SPARE_THREADS
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xsell-rpc"),
-        interceptors=[ServingInterceptor(metrics, access_log=access_log)],
+        ThreadPoolExecutor(max_workers=held, thread_name_prefix="xsell-rpc"),
+        interceptors=interceptors,
         options=server_options(reuse_port=reuse_port),
-        maximum_concurrent_rpcs=max_in_flight,
+        maximum_concurrent_rpcs=held,
     )
     pb_grpc.add_RecommendServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -213,7 +254,10 @@ def create_server(
     )
     address = _address(host, port)
     try:
-        bound = server.add_insecure_port(address)
+        if credentials is not None:
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
     except RuntimeError as exc:  # grpc >= 1.5x raises instead of returning 0
         raise BindError(f"cannot listen on {address}: {exc}") from exc
     if bound == 0:
@@ -225,6 +269,7 @@ def create_server(
         health_servicer=health_servicer,
         metrics=metrics,
         broadcast=broadcast,
+        admission=admission,
     )
     return wrapped, bound
 

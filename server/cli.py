@@ -29,13 +29,18 @@ def add_parser(subparsers) -> None:
         help="worker processes sharing the port, each pinned to a core; 1 = in-process (default: cores, %(default)s)",
     )
     p.add_argument(
-        "--threads", type=int, default=8, help="gRPC threads per worker (default %(default)s)"
+        "--threads",
+        type=int,
+        default=2,
+        help="calls a worker ranks at once; ranking holds the GIL, so more only adds contention "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--max-in-flight",
         type=int,
         default=None,
-        help="calls a worker holds before answering RESOURCE_EXHAUSTED (default 2 x threads)",
+        help="calls a worker holds (ranking + queued) before answering RESOURCE_EXHAUSTED "
+        "(default max(32, 2 x threads))",
     )
     p.add_argument(
         "--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off (default)"
@@ -59,10 +64,31 @@ def add_parser(subparsers) -> None:
         "--no-access-log", dest="access_log", action="store_false", help="no JSON line per call"
     )
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin workers to cores")
+    sec = p.add_argument_group("security (see server/README.md)")
+    sec.add_argument("--tls-cert", default=None, help="PEM certificate (chain) of the server: serve TLS")
+    sec.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    sec.add_argument(
+        "--tls-client-ca",
+        default=None,
+        help="PEM CA certificate(s): mutual TLS, clients need a certificate signed by it",
+    )
+    sec.add_argument(
+        "--auth-tokens",
+        default=None,
+        help="token file, one `NAME TOKEN [admin]` line per calling service: every call but "
+        "health needs `authorization: Bearer TOKEN`, ReloadModel an admin token "
+        "(default: $XSELL_AUTH_TOKENS_FILE; neither = auth off)",
+    )
+    sec.add_argument(
+        "--allow-unauthenticated-reload",
+        action="store_true",
+        help="with auth off, let any peer call ReloadModel (default: only loopback peers)",
+    )
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from xsell.server.security import tokens_path
     from xsell.server.workers import ServeConfig, serve
 
     config = ServeConfig(
@@ -80,5 +106,13 @@ def _run(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         pin=args.pin,
         log_level=logging.getLogger().getEffectiveLevel(),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_tokens=tokens_path(args.auth_tokens),
+        allow_unauthenticated_reload=args.allow_unauthenticated_reload,
     )
-    return serve(config)
+    try:
+        return serve(config)
+    except ValueError as exc:  # a bad flag combination
+        raise SystemExit(f"xsell serve: {exc}") from None

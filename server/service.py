@@ -44,9 +44,11 @@ from typing import TYPE_CHECKING
 import grpc
 
 from xsell.errors import BundleError, InvalidRequest, NotReady, PermissionDenied
+from xsell.ranking.bundle import read_manifest
 from xsell.server import convert
 from xsell.server.errors import check_time_left
 from xsell.server.metrics import ServerMetrics
+from xsell.server.security import reload_allowed
 from xsell.v1 import xsell_pb2 as pb
 from xsell.v1 import xsell_pb2_grpc as pb_grpc
 
@@ -64,11 +66,54 @@ def _load_ranker(path: Path) -> Ranker:
     return Ranker.load(path)
 
 
+PROBE_TIMEOUT = 300.0  # s: a probe load of a large bundle (hashing included) may take a while
+_PROBE = "import sys; from xsell.ranking.ranker import Ranker; Ranker.load(sys.argv[1], warm=False)"
+
+
+def probe_bundle(path: Path, *, timeout: float = PROBE_TIMEOUT) -> None:
+    """Load `path` once in a throw-away subprocess; raise BundleError if that crashed.
+
+    Why: native loaders are not safe against every corrupt file. LightGBM 4.7 dies
+    with SIGSEGV / abort() on a truncated model file (found by tests/reliability/
+    test_faults.py), which would take the whole server down. A probe that dies
+    costs a subprocess; the server keeps serving its current bundle. A probe that
+    fails with a Python error is not judged here: the in-process load that follows
+    raises the same BundleError with its full message.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(path)],
+            capture_output=True,
+            timeout=timeout,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+    except subprocess.TimeoutExpired:
+        raise BundleError(f"probe load did not finish in {timeout:.0f}s", path=str(path)) from None
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise BundleError(
+            f"loading it crashed a probe process ({name}): a native library could not read one "
+            f"of its files ({tail[0][:200]})",
+            path=str(path),
+        )
+
+
 class ModelHolder:
     """The Ranker serving now. Reads are lock-free; loads are serialised."""
 
-    def __init__(self, *, loader: Callable[[Path], Ranker] = _load_ranker) -> None:
+    def __init__(
+        self,
+        *,
+        loader: Callable[[Path], Ranker] = _load_ranker,
+        probe: Callable[[Path], None] = probe_bundle,
+    ) -> None:
         self._loader = loader
+        self._probe = probe
         self._ranker: Ranker | None = None
         self._load_lock = threading.Lock()
         self._listeners: list[Callable[[Ranker | None, Ranker], None]] = []
@@ -96,11 +141,13 @@ class ModelHolder:
         with self._load_lock:
             self._swap(ranker)
 
-    def load(self, bundle_dir: str | os.PathLike) -> tuple[str | None, str]:
+    def load(self, bundle_dir: str | os.PathLike, *, isolate: bool = False) -> tuple[str | None, str]:
         """Load `bundle_dir` on the side and swap it in: (previous version, new version).
 
-        Raises BundleError (and logs one line) when the bundle is refused; the
-        current ranker is untouched then.
+        `isolate`: first load it in a subprocess (`probe_bundle`), so a file that
+        crashes a native loader costs that process, not this one. Raises BundleError
+        (and logs one line) when the bundle is refused; the current ranker is
+        untouched then.
         """
         path = Path(bundle_dir)
         with self._load_lock:
@@ -108,6 +155,10 @@ class ModelHolder:
             serving = old.version if old is not None else "nothing"
             start = time.perf_counter()
             try:
+                if isolate:
+                    # hashes and format first: refuses most corrupt bundles without a subprocess
+                    read_manifest(path, verify=True)
+                    self._probe(path)
                 new = self._loader(path)
             except Exception as exc:
                 if isinstance(exc, BundleError):
@@ -261,7 +312,11 @@ class RecommendServicer(pb_grpc.RecommendServiceServicer):
         bundle_root: Path | None = None,
         startup_bundle: Path | None = None,
         broadcast: ReloadBroadcast | None = None,
+        auth_on: bool = False,
+        allow_unauthenticated_reload: bool = False,
     ) -> None:
+        self._auth_on = auth_on
+        self._allow_unauthenticated_reload = allow_unauthenticated_reload
         self._holder = holder
         self._metrics = metrics
         self._root = bundle_root
@@ -307,10 +362,20 @@ class RecommendServicer(pb_grpc.RecommendServiceServicer):
     def ReloadModel(
         self, request: pb.ReloadModelRequest, context: grpc.ServicerContext
     ) -> pb.ReloadModelResponse:
+        # With auth on, the AuthInterceptor already demanded an admin token.
+        if not reload_allowed(
+            auth_on=self._auth_on,
+            allow_unauthenticated=self._allow_unauthenticated_reload,
+            peer=context.peer(),
+        ):
+            raise PermissionDenied(
+                "ReloadModel: auth is off, so only local callers may reload; start the server "
+                "with --auth-tokens (and call with an admin token) or --allow-unauthenticated-reload"
+            )
         path = resolve_bundle_path(
             request.bundle_path, root=self._root, default=self._startup_bundle
         )
-        previous, version = self._holder.load(path)
+        previous, version = self._holder.load(path, isolate=True)
         if self._broadcast is not None:
             self._broadcast.publish(path, version)
         return pb.ReloadModelResponse(model_version=version, previous_version=previous or "")

@@ -56,8 +56,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     workers: int = 1
-    threads: int = 8
-    max_in_flight: int | None = None  # None = 2 x threads
+    threads: int = 2
+    max_in_flight: int | None = None  # None = max(32, 2 x threads)
     metrics_port: int = 0  # 0 = no metrics endpoint
     metrics_host: str | None = None  # None = host
     bundle_root: str | None = None  # None = the bundle's parent directory
@@ -66,6 +66,29 @@ class ServeConfig:
     access_log: bool = True
     pin: bool = True
     log_level: int = logging.INFO
+    tls_cert: str | None = None  # PEM; with tls_key: serve TLS
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # PEM; clients must present a certificate it signed
+    auth_tokens: str | None = None  # token file (`NAME TOKEN [admin]`); None = auth off
+    allow_unauthenticated_reload: bool = False  # auth off: ReloadModel from any peer
+
+    def security(self):
+        """(TlsFiles | None, TokenTable | None), files read and checked now.
+
+        Raises SecurityConfigError naming a bad file, ValueError for bad flag combinations.
+        """
+        from xsell.server.security import TlsFiles, load_tokens, server_credentials
+
+        tls = None
+        if self.tls_cert or self.tls_key:
+            if not (self.tls_cert and self.tls_key):
+                raise ValueError("--tls-cert and --tls-key go together")
+            tls = TlsFiles(self.tls_cert, self.tls_key, self.tls_client_ca)
+            server_credentials(tls)  # reads every file: a bad one fails here, not in a worker
+        elif self.tls_client_ca:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        tokens = load_tokens(self.auth_tokens) if self.auth_tokens else None
+        return tls, tokens
 
 
 def default_workers() -> int:
@@ -84,16 +107,24 @@ def _ready_line(config: ServeConfig, port: int, pids: list[int], version: str) -
 def serve(config: ServeConfig) -> int:
     if config.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {config.workers}")
+    _tls, tokens = config.security()  # fail fast, before any worker starts
+    if tokens is not None:
+        log.info("bearer-token auth on: %d callers (%s)", len(tokens), ", ".join(tokens.names))
+    elif config.allow_unauthenticated_reload:
+        log.warning("auth is off and ReloadModel is open to every peer")
     if config.workers == 1:
         return _serve_in_process(config)
     return Supervisor(config).run()
 
 
 def _serve_in_process(config: ServeConfig) -> int:
+    if os.environ.get("XSELL_SWITCH_MS"):  # TEMP experiment
+        sys.setswitchinterval(float(os.environ["XSELL_SWITCH_MS"]) / 1000)
     from xsell.server.app import configure_access_log, create_server, run_until_signalled
     from xsell.server.metrics import serve_metrics
 
     configure_access_log(config.access_log)
+    tls, tokens = config.security()
     server, port = create_server(
         config.bundle,
         host=config.host,
@@ -102,6 +133,9 @@ def _serve_in_process(config: ServeConfig) -> int:
         max_in_flight=config.max_in_flight,
         bundle_root=config.bundle_root,
         access_log=config.access_log,
+        tls=tls,
+        tokens=tokens,
+        allow_unauthenticated_reload=config.allow_unauthenticated_reload,
     )
     if config.metrics_port:
         serve_metrics(
@@ -140,6 +174,7 @@ def worker_main(config: ServeConfig, slot: int, cpu: int | None, state_file: str
     from xsell.server.service import read_reload_state
 
     configure_access_log(config.access_log)
+    tls, tokens = config.security()
     # A restarted worker comes back on the bundle the group switched to last.
     published = read_reload_state(state_file)
     candidates = [published["bundle_path"]] if published is not None else []
@@ -157,6 +192,9 @@ def worker_main(config: ServeConfig, slot: int, cpu: int | None, state_file: str
                 reuse_port=True,
                 access_log=config.access_log,
                 reload_state_file=state_file,
+                tls=tls,
+                tokens=tokens,
+                allow_unauthenticated_reload=config.allow_unauthenticated_reload,
             )
             break
         except BundleError as exc:

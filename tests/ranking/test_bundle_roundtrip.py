@@ -150,3 +150,12 @@ def test_existing_bundle_is_not_overwritten_by_default(bundle_dir):
         with atomic_bundle_dir(bundle_dir):
             pass
     assert read_manifest(bundle_dir)
+
+
+def test_the_ranking_core_imports_no_grpc():
+    import subprocess
+    import sys
+
+    code = "import sys, xsell.ranking, xsell.retrieval; print('grpc' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -29,9 +29,11 @@ load in about a second and a half.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import hashlib
+import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,18 +108,76 @@ class _Raw:
         return len(self.rows)
 
 
+_BOMS = {
+    b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16",
+}  # fmt: skip
+
+
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _not_utf8(path: Path, data: bytes, exc: UnicodeDecodeError, header: list[str] | None) -> DataError:
+    """A DataError naming the row (line) and, when the header is known, the column of
+    the first byte that is not UTF-8."""
+    for bom, name in _BOMS.items():
+        if data.startswith(bom):
+            return DataError(f"file is {name} text; save it as UTF-8", file=str(path), row=1)
+    start = exc.start
+    row = data.count(b"\n", 0, start) + 1
+    line_start = data.rfind(b"\n", 0, start) + 1
+    line_end = data.find(b"\n", start)
+    line = data[line_start : line_end if line_end >= 0 else len(data)]
+    column = None
+    if header is not None:
+        fields = next(csv.reader([line.decode("utf-8", "replace").rstrip("\r")]), [])
+        bad = [j for j, f in enumerate(fields) if "\ufffd" in f]
+        if bad and bad[0] < len(header):
+            column = header[bad[0]]
+    return DataError(
+        f"file is not valid UTF-8 text: byte 0x{data[start]:02x} at offset {start} "
+        f"(a binary file, or another encoding such as Latin-1: save it as UTF-8)",
+        file=str(path),
+        row=row,
+        column=column,
+    )
+
+
 def _csv_header(path: Path) -> list[str]:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
-            header = next(csv.reader(fh), None)
-    except (OSError, UnicodeDecodeError, EOFError, csv.Error) as exc:
+        with _open_bytes(path) as fh:
+            first = fh.readline(1 << 20)
+    except (OSError, EOFError) as exc:
         raise DataError(f"cannot read file: {exc}", file=str(path)) from exc
+    try:
+        # incremental: a multi-byte character cut by the 1 MiB read is not an error
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(first, final=False)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, first, exc, None) from None
+    try:
+        # newline="": "\r" alone ends a line too (old Mac files), as in the CSV reader
+        header = next(csv.reader(io.StringIO(text, newline="")), None)
+    except csv.Error as exc:
+        raise DataError(f"cannot read the header line: {exc}", file=str(path), row=1) from exc
     if not header or header == [""]:
         raise DataError(
             "file is empty (expected a header line with column names)", file=str(path), row=1
         )
     return header
+
+
+def _locate_utf8_error(path: Path, header: list[str]) -> DataError | None:
+    """Find the first non-UTF-8 byte of a CSV file (only called once reading failed)."""
+    try:
+        with _open_bytes(path) as fh:
+            data = fh.read()
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _not_utf8(path, data, exc, header)
+    except (OSError, EOFError):
+        return None
+    return None
 
 
 def _read(path: str | Path) -> _Raw:
@@ -173,6 +233,9 @@ def _read(path: str | Path) -> _Raw:
     except (OSError, pa.ArrowException) as exc:
         msg = str(exc)
         if "UTF8" in msg or "utf8" in msg.lower():
+            located = _locate_utf8_error(path, header)
+            if located is not None:
+                raise located from None
             msg = f"file is not valid UTF-8 text ({msg})"
         raise DataError(f"cannot read CSV file: {msg}", file=str(path)) from exc
     n_total = table.num_rows + len(bad)
@@ -277,6 +340,28 @@ def _show(value: object) -> str:
 # --------------------------------------------------------------------------- parsers
 
 
+class _NotText(Exception):
+    """A column that cannot serve as text; `index` = the first bad data row, if known."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+
+
+def _in_column(raw: _Raw, name: str, parse: Callable, col: pa.ChunkedArray | None = None):
+    """`parse(column)`, with a column that cannot be read as text reported as DataError
+    naming the file, the column and (when known) the row."""
+    try:
+        return parse(raw.columns[name] if col is None else col)
+    except _NotText as exc:
+        row = int(raw.rows[exc.index]) if exc.index is not None else None
+        raise DataError(str(exc), file=raw.file, row=row, column=name) from None
+
+
 def _is_textual(col: pa.ChunkedArray) -> bool:
     t = col.type
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)
@@ -287,6 +372,21 @@ def _as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
         col = pc.cast(col, col.type.value_type)
     if _is_textual(col):
         return col
+    t = col.type
+    if pa.types.is_nested(t) or not (
+        pa.types.is_primitive(t) or pa.types.is_decimal(t) or _is_binary(t) or pa.types.is_null(t)
+    ):
+        raise _NotText(f"column of type {t} cannot be read as text")
+    if _is_binary(t):
+        try:
+            return pc.cast(col, pa.string())
+        except pa.ArrowInvalid:
+            for i, value in enumerate(col.to_pylist()):
+                try:
+                    value is None or value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise _NotText(f"binary value is not UTF-8 text: {_show(value)}", index=i) from None
+            raise
     if pa.types.is_floating(col.type):
         # Integral floats (e.g. ids from a NaN-holding int column) print without ".0".
         vals = np.asarray(col.to_numpy(), dtype=np.float64)
@@ -393,7 +493,7 @@ def _extras(raw: _Raw, known: Iterable[str], keep: np.ndarray) -> dict[str, pd.S
         if name in known:
             continue
         if _is_textual(col):
-            out[name] = _object(_text(col)[0][keep])
+            out[name] = _object(_in_column(raw, name, _text)[0][keep])
         else:
             out[name] = col.to_pandas().iloc[np.flatnonzero(keep)].reset_index(drop=True)
     return out
@@ -511,9 +611,9 @@ def load_catalog(
     probs = _Problems(raw, "catalog")
     n = raw.n
 
-    item_id, blank = _text(raw.columns["item_id"])
+    item_id, blank = _in_column(raw, "item_id", _text)
     probs.flag(blank, "item_id", "empty id", lambda i: "item_id is empty")
-    cat_text, blank = _text(raw.columns["category"])
+    cat_text, blank = _in_column(raw, "category", _text)
     probs.flag(blank, "category", "missing value", lambda i: "category is empty")
     cat_s = pd.Series(cat_text, dtype=object)
     has_path = cat_s.str.contains("/", regex=False).to_numpy(dtype=bool)
@@ -531,7 +631,7 @@ def load_catalog(
     )
     path_col = cat_text.copy()
     if "category_path" in raw.columns:
-        given, given_blank = _text(raw.columns["category_path"])
+        given, given_blank = _in_column(raw, "category_path", _text)
         use = ~has_path & ~given_blank
         path_col[use] = given[use]
 
@@ -543,7 +643,7 @@ def load_catalog(
     else:
         cost, cost_blank = np.full(n, np.nan), np.ones(n, dtype=bool)
     if "in_stock" in raw.columns:
-        in_stock, stock_blank, bad = _booleans(raw.columns["in_stock"])
+        in_stock, stock_blank, bad = _in_column(raw, "in_stock", _booleans)
         probs.flag(
             bad,
             "in_stock",
@@ -559,7 +659,7 @@ def load_catalog(
     texts = {}
     for name in ("brand", "title"):
         if name in raw.columns:
-            vals, _ = _text(raw.columns[name])  # kept verbatim; null -> ""
+            vals, _ = _in_column(raw, name, _text)  # kept verbatim; null -> ""
             texts[name] = (vals, vals == "")
         else:
             texts[name] = (np.full(n, "", dtype=object), np.ones(n, dtype=bool))
@@ -601,14 +701,14 @@ def load_users(
     _require(raw, USERS_REQUIRED, "users")
     report = _start_report(report, "users", raw)
     probs = _Problems(raw, "users")
-    user_id, blank = _text(raw.columns["user_id"])
+    user_id, blank = _in_column(raw, "user_id", _text)
     probs.flag(blank, "user_id", "empty id", lambda i: "user_id is empty")
     probs.finish(report, strict)
     keep = probs.keep
     data = {"user_id": _object(user_id[keep])}
     for name, col in raw.columns.items():
         if name != "user_id":
-            data[name] = _object(_text(col)[0][keep])
+            data[name] = _object(_in_column(raw, name, _text)[0][keep])
     df = pd.DataFrame(data)
     df = df[_dedupe(df, "user_id", raw, raw.rows[keep], "users", report)].reset_index(drop=True)
     report.rows_kept["users"] = len(df)
@@ -640,9 +740,9 @@ def load_events(
     probs = _Problems(raw, "events")
     n = raw.n
 
-    user_id, blank = _text(raw.columns["user_id"])
+    user_id, blank = _in_column(raw, "user_id", _text)
     probs.flag(blank, "user_id", "empty id", lambda i: "user_id is empty")
-    item_id, blank = _text(raw.columns["item_id"])
+    item_id, blank = _in_column(raw, "item_id", _text)
     probs.flag(blank, "item_id", "empty id", lambda i: "item_id is empty")
 
     ts, blank, bad = _timestamps(raw.columns["timestamp"])
@@ -667,7 +767,7 @@ def load_events(
     )
 
     if "event_type" in raw.columns:
-        etype, etype_blank = _text(raw.columns["event_type"])
+        etype, etype_blank = _in_column(raw, "event_type", _text)
         etype = (
             pd.Series(etype, dtype=object).str.strip().str.lower().to_numpy(dtype=object, copy=True)
         )
@@ -714,7 +814,7 @@ def load_events(
         price, price_blank = np.full(n, np.nan), np.ones(n, dtype=bool)
 
     if "basket_id" in raw.columns:
-        basket, basket_blank = _text(raw.columns["basket_id"])
+        basket, basket_blank = _in_column(raw, "basket_id", _text)
     else:
         basket, basket_blank = np.full(n, "", dtype=object), np.ones(n, dtype=bool)
 

@@ -35,7 +35,9 @@ class AlsConfig:
     threads: int = 0  # 0 = all cores
 
 
-def fit_als(user_items: sp.csr_matrix, *, config: AlsConfig = AlsConfig(), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def fit_als(
+    user_items: sp.csr_matrix, *, config: AlsConfig = AlsConfig(), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """implicit's CPU ALS on (users x items) basket counts: (user_factors, item_factors)."""
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
@@ -52,7 +54,9 @@ def fit_als(user_items: sp.csr_matrix, *, config: AlsConfig = AlsConfig(), seed:
             random_state=seed,
         )
         model.fit(user_items.astype(np.float32).tocsr(), show_progress=False)
-    return np.asarray(model.user_factors, dtype=np.float32), np.asarray(model.item_factors, dtype=np.float32)
+    return np.asarray(model.user_factors, dtype=np.float32), np.asarray(
+        model.item_factors, dtype=np.float32
+    )
 
 
 @dataclass
@@ -64,12 +68,12 @@ class Baselines:
     user_factors: np.ndarray
     item_factors: np.ndarray
     item_unit: np.ndarray  # item factors scaled to unit length (cosine)
-    tiebreak: np.ndarray  # float32 popularity rank / n_items / 2, in [0, 0.5): orders equal counts
+    tiebreak: np.ndarray  # float64 popularity rank / n_items / 2, in [0, 0.5): orders equal counts
     als_seconds: float = 0.0
     seed: int = 0
 
     @classmethod
-    def fit(cls, history: History, *, seed: int = 0, als: AlsConfig = AlsConfig()) -> "Baselines":
+    def fit(cls, history: History, *, seed: int = 0, als: AlsConfig = AlsConfig()) -> Baselines:
         co = (history.baskets.T @ history.baskets).tocsr()
         co.setdiag(0)
         co.eliminate_zeros()
@@ -79,19 +83,25 @@ class Baselines:
         unit = vf / np.maximum(np.linalg.norm(vf, axis=1, keepdims=True), 1e-12)
         rank = np.empty(history.n_items, dtype=np.float64)
         rank[np.argsort(history.popularity, kind="stable")] = np.arange(history.n_items)
-        tiebreak = (rank / max(history.n_items, 1) / 2).astype(np.float32)
+        tiebreak = rank / max(history.n_items, 1) / 2
         return cls(history, co, uf, vf, unit.astype(np.float32), tiebreak, seconds, seed)
 
     def raw(self, name: str, queries: QuerySet, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """float32 (len(rows), len(cols)) scores of component `name` (higher = better).
-        Count components come back as log1p(count): same order, the scale the blend uses."""
+        """float32 (len(rows), len(cols)) scores of component `name` (higher = better);
+        counts for the count components (exact in float32 below 2**24)."""
         h = self.history
         if name == "popularity":
-            return np.broadcast_to(np.log1p(h.popularity[cols]).astype(np.float32), (len(rows), len(cols)))
+            return np.broadcast_to(h.popularity[cols].astype(np.float32), (len(rows), len(cols)))
         if name == "buy_again":
-            return _log1p_rows(h.user_items, queries.user[rows], cols)
+            return (
+                h.user_items[queries.user[rows]][:, cols].toarray().astype(np.float32, copy=False)
+            )
         if name == "co_purchase":
-            return _log1p_rows(self.co_counts, queries.anchor[rows], cols)
+            return (
+                self.co_counts[queries.anchor[rows]][:, cols]
+                .toarray()
+                .astype(np.float32, copy=False)
+            )
         if name == "als_user":
             return self.user_factors[queries.user[rows]] @ self.item_factors[cols].T
         if name == "als_item":
@@ -99,29 +109,31 @@ class Baselines:
         raise KeyError(f"unknown baseline {name!r}; known: {COMPONENTS}")
 
     def ranking_score(self, name: str, raw: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        # log1p(count) steps are >= log(1.5) apart for counts >= 1, more than the tiebreak's 0.5
-        return raw + self.tiebreak[cols] if name in COUNT_LIKE else raw
-
-
-def _log1p_rows(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    sub = m[rows][:, cols]
-    sub.data = np.log1p(sub.data)
-    return sub.toarray().astype(np.float32, copy=False)
+        # integer counts + a tiebreak in [0, 0.5): lexicographic (count, popularity). float64,
+        # because float32 cannot resolve 1 / (2 n_items) steps next to counts in the thousands
+        if name in COUNT_LIKE:
+            return raw.astype(np.float64) + self.tiebreak[cols]
+        return raw
 
 
 def normalise(name: str, raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Scale a component to [0, 1] per query over its candidates: counts (already log1p) by
-    their max, real-valued scores min-max. 0 outside the mask and where a component is
-    constant over the candidates."""
+    """Scale a component to [0, 1] per query over its candidates: log1p(counts) by their max,
+    real-valued scores min-max. 0 outside the mask and where a component is constant over
+    the candidates."""
     if name in COUNT_LIKE:
+        raw = np.log1p(raw)
         top = np.where(mask, raw, 0).max(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(mask & (top > 0), raw / top, np.float32(0)).astype(np.float32, copy=False)
+            return np.where(mask & (top > 0), raw / top, np.float32(0)).astype(
+                np.float32, copy=False
+            )
     low = np.where(mask, raw, np.inf).min(axis=1, keepdims=True)
     top = np.where(mask, raw, -np.inf).max(axis=1, keepdims=True)
     span = top - low
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(mask & (span > 0), (raw - low) / span, np.float32(0)).astype(np.float32, copy=False)
+        return np.where(mask & (span > 0), (raw - low) / span, np.float32(0)).astype(
+            np.float32, copy=False
+        )
 
 
 def top_k(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
@@ -134,7 +146,7 @@ def top_k(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
     least that large, and at most k block maxima can be among the k best), so only k
     blocks are partitioned: ~4x faster than argpartition over 20k columns.
     """
-    s = np.where(mask, scores, -np.inf).astype(np.float32, copy=False)
+    s = np.where(mask, scores, -np.inf)
     n, n_cols = s.shape
     kk = min(k, n_cols)
     if kk == 0:
@@ -142,7 +154,7 @@ def top_k(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
     block = min(64, n_cols // (8 * max(kk, 1)))
     if block >= 8:
         n_blocks = -(-n_cols // block)
-        padded = np.full((n, n_blocks * block), -np.inf, dtype=np.float32)
+        padded = np.full((n, n_blocks * block), -np.inf, dtype=s.dtype)
         padded[:, :n_cols] = s
         blocks = padded.reshape(n, n_blocks, block)
         best_blocks = np.argpartition(-blocks.max(axis=2), kk - 1, axis=1)[:, :kk]
@@ -176,7 +188,9 @@ def random_top_k(queries: QuerySet, history: History, k: int, *, seed: int = 0) 
     return out
 
 
-def query_batches(queries: QuerySet, history: History, size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def query_batches(
+    queries: QuerySet, history: History, size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(rows, cols, mask) per batch: queries grouped by anchor category so that up-sell
     batches only touch the few columns (items) their categories hold."""
     order = np.argsort(history.category[queries.anchor], kind="stable")
@@ -195,14 +209,17 @@ def _as_items(pos: np.ndarray, cols: np.ndarray) -> np.ndarray:
 class Blend:
     weights: dict[str, float]
 
-    def score(self, normalised: dict[str, np.ndarray], tiebreak: np.ndarray) -> np.ndarray:
-        total = None
+    def score(
+        self, normalised: dict[str, np.ndarray], tiebreak: np.ndarray, n_rows: int
+    ) -> np.ndarray:
+        """(n_rows, len(tiebreak)) float64 blend of the normalised components."""
+        # float64: equal blend scores stay exactly equal and the 1e-6 popularity tiebreak
+        # (steps of ~1e-11) still orders them, like the count baselines
+        total = np.broadcast_to(1e-6 * tiebreak, (n_rows, len(tiebreak))).copy()
         for c, w in self.weights.items():
             if w:
-                total = w * normalised[c] if total is None else total + w * normalised[c]
-        # ties (e.g. every weight on buy-again) fall back to popularity, like the count baselines
-        tb = np.float32(1e-6) * tiebreak
-        return tb[None, :] if total is None else total + tb
+                total += w * normalised[c]
+        return total
 
 
 def rank_baselines(
@@ -217,16 +234,22 @@ def rank_baselines(
 ) -> dict[str, np.ndarray]:
     """Top-k item codes (n_queries, k), -1 = nothing, for each single baseline and blend."""
     blends = blends or {}
-    needed = list(dict.fromkeys([*singles, *(c for b in blends.values() for c, w in b.weights.items() if w)]))
+    needed = list(
+        dict.fromkeys([*singles, *(c for b in blends.values() for c, w in b.weights.items() if w)])
+    )
     out = {name: np.full((len(queries), k), -1, dtype=np.int64) for name in [*singles, *blends]}
     for rows, cols, mask in query_batches(queries, base.history, batch_size):
         raw = {c: base.raw(c, queries, rows, cols) for c in needed}
         for name in singles:
-            out[name][rows] = _as_items(top_k(base.ranking_score(name, raw[name], cols), mask, k), cols)
+            out[name][rows] = _as_items(
+                top_k(base.ranking_score(name, raw[name], cols), mask, k), cols
+            )
         if blends:
             norm = {c: normalise(c, raw[c], mask) for c in raw if c in COMPONENTS}
             for name, blend in blends.items():
-                out[name][rows] = _as_items(top_k(blend.score(norm, base.tiebreak[cols]), mask, k), cols)
+                out[name][rows] = _as_items(
+                    top_k(blend.score(norm, base.tiebreak[cols], len(rows)), mask, k), cols
+                )
         if on_batch:
             on_batch(len(rows))
     return out
@@ -245,13 +268,18 @@ class CandidatePool:
     items: np.ndarray  # (n_queries, width) item codes, -1 = empty slot
     scores: np.ndarray  # (n_queries, width, n_components) float32
     relevant: np.ndarray  # (n_queries, width) bool
-    tiebreak: np.ndarray  # (n_queries, width) float32
+    tiebreak: np.ndarray  # (n_queries, width) float64
     n_relevant: np.ndarray
     components: tuple[str, ...]
 
 
 def build_pool(
-    queries: QuerySet, base: Baselines, *, depth: int = 50, components: Sequence[str] = COMPONENTS, batch_size: int = 256
+    queries: QuerySet,
+    base: Baselines,
+    *,
+    depth: int = 50,
+    components: Sequence[str] = COMPONENTS,
+    batch_size: int = 256,
 ) -> CandidatePool:
     n, width, nc = len(queries), depth * len(components), len(components)
     items = np.full((n, width), -1, dtype=np.int64)
@@ -273,19 +301,21 @@ def build_pool(
             scores[rows, :, j] = np.take_along_axis(normalise(c, raw[c], mask), safe, axis=1)
     codes = np.arange(n, dtype=np.int64)[:, None] * n_items + items
     relevant = (items >= 0) & np.isin(codes, rel_codes)
-    tiebreak = np.where(items >= 0, base.tiebreak[np.maximum(items, 0)], 0).astype(np.float32)
+    tiebreak = np.where(items >= 0, base.tiebreak[np.maximum(items, 0)], 0.0)
     return CandidatePool(items, scores, relevant, tiebreak, queries.n_relevant, tuple(components))
 
 
 def pool_ndcg(pool: CandidatePool, weights: np.ndarray, k: int = 10) -> float:
-    s = pool.scores @ weights.astype(np.float32) + 1e-6 * pool.tiebreak
+    s = pool.scores.astype(np.float64) @ weights.astype(np.float64) + 1e-6 * pool.tiebreak
     s = np.where(pool.items >= 0, s, -np.inf)
     kk = min(k, s.shape[1])
     part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
     vals = np.take_along_axis(s, part, axis=1)
     order = np.argsort(-vals, axis=1, kind="stable")
     part = np.take_along_axis(part, order, axis=1)
-    hits = np.take_along_axis(pool.relevant, part, axis=1) & (np.take_along_axis(s, part, axis=1) > -np.inf)
+    hits = np.take_along_axis(pool.relevant, part, axis=1) & (
+        np.take_along_axis(s, part, axis=1) > -np.inf
+    )
     return float(ndcg_at_k(hits, pool.n_relevant).mean()) if len(hits) else 0.0
 
 
@@ -331,4 +361,6 @@ def tune_blend(
                     trace.append((dict(zip(pool.components, w.tolist())), best))
         if not improved:
             break
-    return TuningResult(Blend(dict(zip(pool.components, w.tolist()))), best, single, evaluations, trace)
+    return TuningResult(
+        Blend(dict(zip(pool.components, w.tolist()))), best, single, evaluations, trace
+    )

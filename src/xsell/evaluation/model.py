@@ -17,14 +17,18 @@ from xsell.ranking.types import CartLine, Filters, RankRequest, Strategy
 from .queries import History, QuerySet
 
 
-def requests(queries: QuerySet, history: History, *, k: int = 10, uplift_min: float | None = None) -> list[RankRequest]:
+def requests(
+    queries: QuerySet, history: History, *, k: int = 10, uplift_min: float | None = None
+) -> list[RankRequest]:
     """One RankRequest per query: the anchor as the cart, the view's rules as filters."""
     strategy = Strategy.CROSS_SELL if queries.task == "cross_sell" else Strategy.UP_SELL
     filters = Filters(exclude_purchased=queries.exclude_bought, uplift_min=uplift_min)
     users = history.users.to_numpy(dtype=object)[queries.user]
     anchors = history.items.to_numpy(dtype=object)[queries.anchor]
     return [
-        RankRequest(user_id=str(u), cart=(CartLine(str(a)),), strategy=strategy, limit=k, filters=filters)
+        RankRequest(
+            user_id=str(u), cart=(CartLine(str(a)),), strategy=strategy, limit=k, filters=filters
+        )
         for u, a in zip(users, anchors)
     ]
 

@@ -126,11 +126,13 @@ class QuerySet:
         q = np.repeat(np.arange(len(self), dtype=np.int64), self.n_relevant)
         return np.sort(q * n_items + self.rel_items)
 
-    def with_rule(self, name: str, **changes) -> "QuerySet":
+    def with_rule(self, name: str, **changes) -> QuerySet:
         return replace(self, name=name, **changes)
 
 
-def _csr_from_pairs(n_queries: int, q: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _csr_from_pairs(
+    n_queries: int, q: np.ndarray, items: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((items, q))
     counts = np.bincount(q, minlength=n_queries)
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -191,7 +193,9 @@ def cross_sell_queries(
     stats["users_dropped_cold"] = int(lines.loc[cold_user, "user"].nunique())
     stats["anchors_dropped_cold_item"] = int((~cold_user & ~warm).sum())
     stats["anchors_dropped_no_other_category"] = int((~cold_user & warm & ~has_relevant).sum())
-    eligible = lines.loc[~cold_user & warm & has_relevant, ["b", "u", "i", "cat"]].reset_index(drop=True)
+    eligible = lines.loc[~cold_user & warm & has_relevant, ["b", "u", "i", "cat"]].reset_index(
+        drop=True
+    )
     stats["eligible_anchors"] = len(eligible)
 
     # up to k anchors per basket: order by a seeded random key within each basket
@@ -226,12 +230,18 @@ def new_to_shopper(queries: QuerySet, history: History, *, name: str | None = No
     """The same queries, with everything the shopper bought in training removed from the
     relevant items and from the candidates; queries left without a relevant item are dropped."""
     q = np.repeat(np.arange(len(queries)), queries.n_relevant)
-    bought = np.asarray(history.user_items[queries.user[q], queries.rel_items]).ravel() > 0
+    bought = (
+        np.asarray(history.user_items[queries.user[q], queries.rel_items]).ravel() > 0
+        if len(q)
+        else np.zeros(0, dtype=bool)
+    )
     keep_pair = ~bought
     counts = np.bincount(q[keep_pair], minlength=len(queries))
     keep_q = counts > 0
     new_index = np.cumsum(keep_q) - 1
-    indptr, rel = _csr_from_pairs(int(keep_q.sum()), new_index[q[keep_pair]], queries.rel_items[keep_pair])
+    indptr, rel = _csr_from_pairs(
+        int(keep_q.sum()), new_index[q[keep_pair]], queries.rel_items[keep_pair]
+    )
     stats = dict(queries.stats)
     stats.update(
         relevant_dropped_bought_before=int(bought.sum()),
@@ -279,9 +289,9 @@ def up_sell_queries(
     ).drop_duplicates()
     tgt["cat"] = history.item_category.reindex(tgt["item"]).to_numpy(dtype=object)
     tgt["u"] = history.users.get_indexer(tgt["user"])
-    stats: dict[str, int] = {"user_categories": int(len(tgt.drop_duplicates(["user", "cat"])))}
+    stats: dict[str, int] = {"user_categories": len(tgt.drop_duplicates(["user", "cat"]))}
     cold = tgt["u"] < 0
-    stats["user_categories_dropped_cold_user"] = int(len(tgt.loc[cold].drop_duplicates(["user", "cat"])))
+    stats["user_categories_dropped_cold_user"] = len(tgt.loc[cold].drop_duplicates(["user", "cat"]))
     stats["users_dropped_cold"] = int(tgt.loc[cold, "user"].nunique())
     tgt = tgt.loc[~cold]
 
@@ -297,8 +307,8 @@ def up_sell_queries(
     last = hist.sort_values("ts", kind="stable").groupby(["user", "cat"], sort=False).tail(1)
     pairs = tgt.merge(last[["user", "cat", "anchor"]], on=["user", "cat"], how="left")
     no_anchor = pairs["anchor"].isna()
-    stats["user_categories_no_training_purchase"] = int(
-        len(pairs.loc[no_anchor].drop_duplicates(["user", "cat"]))
+    stats["user_categories_no_training_purchase"] = len(
+        pairs.loc[no_anchor].drop_duplicates(["user", "cat"])
     )
     pairs = pairs.loc[~no_anchor].copy()
     pairs["a"] = history.items.get_indexer(pairs["anchor"])  # always warm: bought in training
@@ -309,10 +319,14 @@ def up_sell_queries(
     pb = history.price[pairs["i"].to_numpy()]
     # a free anchor makes every uplift infinite: not an up-sell question
     ok = (pa > 0) & (pb >= min_uplift * pa) & (pb > pa) & (pairs["i"] != pairs["a"]).to_numpy()
-    stats["user_categories_with_anchor"] = int(len(pairs.drop_duplicates(["user", "cat"])))
+    stats["user_categories_with_anchor"] = len(pairs.drop_duplicates(["user", "cat"]))
     pairs = pairs.loc[ok]
 
-    keys = pairs[["u", "a", "cat"]].drop_duplicates(["u", "cat"]).sort_values(["u", "a"], kind="stable")
+    keys = (
+        pairs[["u", "a", "cat"]]
+        .drop_duplicates(["u", "cat"])
+        .sort_values(["u", "a"], kind="stable")
+    )
     keys = keys.iloc[_sample(rng, len(keys), max_queries)].reset_index(drop=True)
     keys["q"] = np.arange(len(keys))
     rel = pairs.merge(keys, on=["u", "a", "cat"], how="inner")

@@ -6,10 +6,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-METRICS = (("ndcg", "NDCG@10"), ("recall", "Recall@10"), ("hit_rate", "HitRate@10"), ("revenue", "revenue@10"))
+METRICS = (
+    ("ndcg", "NDCG@10"),
+    ("recall", "Recall@10"),
+    ("hit_rate", "HitRate@10"),
+    ("revenue", "revenue@10"),
+)
 UPLIFT = ("uplift", "uplift of hits")
 # (view, NDCG factor over the best baseline, compare revenue, compare uplift)
-TARGETS = (("cross_sell", 1.25, True, False), ("cross_sell_new", 1.25, False, False), ("up_sell", 1.2, False, True))
+TARGETS = (
+    ("cross_sell", 1.25, True, False),
+    ("cross_sell_new", 1.25, False, False),
+    ("up_sell", 1.2, False, True),
+)
 # feature group -> the view it is for
 ABLATION_TASKS = {"no price features": "up_sell", "no complement features": "cross_sell"}
 
@@ -75,10 +84,16 @@ def write_markdown(report: dict, path: Path) -> None:
     lines = [
         "# xsell offline evaluation",
         "",
-        f"Protocol: DESIGN.md section 3, k = {p['k']}; test = last {p['test_days']} days (from {d['test_start']}), "
-        f"validation window = the {p['valid_days']} days before (from {d['valid_start']}), seed {p['seed']}.",
-        f"Data: {d['events']:,} events ({d['fit_rows']:,} fit, {d['valid_rows']:,} validation, {d['test_rows']:,} test); "
-        f"{d['warm_items']:,} items and {d['warm_users']:,} users seen in training.",
+        (
+            f"Protocol: DESIGN.md section 3, k = {p['k']}; test = last {p['test_days']} days "
+            f"(from {d['test_start']}), validation window = the {p['valid_days']} days before "
+            f"(from {d['valid_start']}), seed {p['seed']}."
+        ),
+        (
+            f"Data: {d['events']:,} events ({d['fit_rows']:,} fit, {d['valid_rows']:,} validation, "
+            f"{d['test_rows']:,} test); {d['warm_items']:,} items and {d['warm_users']:,} users "
+            "seen in training."
+        ),
         f"Intervals: {p['ci']}. Prices: {p['price']}. `*` = the paired interval excludes 0.",
         "",
     ]
@@ -113,12 +128,22 @@ def write_markdown(report: dict, path: Path) -> None:
             label = f"**{name}** (best baseline)" if name == best else name
             row = [label] + [_est(m[key], key) for key, _ in metrics]
             diff = r["paired_vs_best"].get(name)
-            row += [_diff(diff["ndcg"], "ndcg"), _diff(diff["revenue"], "revenue")] if diff else ["-", "-"]
+            row += (
+                [_diff(diff["ndcg"], "ndcg"), _diff(diff["revenue"], "revenue")]
+                if diff
+                else ["-", "-"]
+            )
             lines.append("| " + " | ".join(row) + " |")
         if r.get("ablations_vs_model"):
-            lines += ["", "Ablations, paired difference to the full model (negative = the removed part helps):", ""]
+            lines += [
+                "",
+                "Ablations, paired difference to the full model (negative = the removed part helps):",
+                "",
+            ]
             for name, dd in r["ablations_vs_model"].items():
-                lines.append(f"- {name}: ΔNDCG@10 {_diff(dd['ndcg'], 'ndcg')}, Δrevenue@10 {_diff(dd['revenue'], 'revenue')}")
+                lines.append(
+                    f"- {name}: ΔNDCG@10 {_diff(dd['ndcg'], 'ndcg')}, Δrevenue@10 {_diff(dd['revenue'], 'revenue')}"
+                )
         lines.append("")
     lines += ["## Tuned blends (validation window)", ""]
     for name, b in report["blend"].items():
@@ -126,7 +151,9 @@ def write_markdown(report: dict, path: Path) -> None:
             lines.append(f"- {name}: no validation queries, no blend")
             continue
         w = ", ".join(f"{c} {v:g}" for c, v in b["weights"].items() if v)
-        lines.append(f"- {name}: {w}; validation NDCG@10 {_f(b['validation_ndcg'])} on {b['validation_queries']:,} queries")
+        lines.append(
+            f"- {name}: {w}; validation NDCG@10 {_f(b['validation_ndcg'])} on {b['validation_queries']:,} queries"
+        )
     lines += ["", "## Timings (s)", "", ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items()),
               f"ALS (implicit, CPU): {report['als_seconds']}", ""]  # fmt: skip
     Path(path).write_text("\n".join(lines))
@@ -146,7 +173,9 @@ def write_chart(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     views = [v for v, r in report["views"].items() if "methods" in r]
-    fig, axes = plt.subplots(2, max(len(views), 1), figsize=(5.5 * max(len(views), 1), 9), squeeze=False)
+    fig, axes = plt.subplots(
+        2, max(len(views), 1), figsize=(5.5 * max(len(views), 1), 9), squeeze=False
+    )
     for col, view in enumerate(views):
         r = report["views"][view]
         names = list(r["methods"])
@@ -154,14 +183,21 @@ def write_chart(report: dict, path: Path) -> None:
             ax = axes[row][col]
             est = [r["methods"][n][key] for n in names]
             means = [e["mean"] if e["mean"] is not None else float("nan") for e in est]
-            err = [[max(m - e["lo"], 0) for m, e in zip(means, est)], [max(e["hi"] - m, 0) for m, e in zip(means, est)]]
+            err = [
+                [max(m - e["lo"], 0) for m, e in zip(means, est)],
+                [max(e["hi"] - m, 0) for m, e in zip(means, est)],
+            ]
             colors = ["tab:blue" if n in r["baselines"] else "tab:orange" for n in names]
             ax.barh(range(len(names)), means, xerr=err, color=colors, capsize=3)
             ax.set_yticks(range(len(names)), names, fontsize=8)
             ax.invert_yaxis()
             ax.set_xlabel(label)
-            ax.set_title(f"{_title(view)}\n({r['queries']:,} queries)" if row == 0 else "", fontsize=9)
-    fig.suptitle("xsell offline evaluation: blue = baselines, orange = model / ablations; bars = 95% CI")
+            ax.set_title(
+                f"{_title(view)}\n({r['queries']:,} queries)" if row == 0 else "", fontsize=9
+            )
+    fig.suptitle(
+        "xsell offline evaluation: blue = baselines, orange = model / ablations; bars = 95% CI"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -23,8 +23,22 @@ import numpy as np
 from xsell.data.contract import Dataset
 
 from . import metrics as M
-from .baselines import COMPONENTS, Baselines, Blend, build_pool, rank_baselines, random_top_k, tune_blend
-from .queries import History, QuerySet, build_history, cross_sell_queries, new_to_shopper, up_sell_queries
+from .baselines import (
+    COMPONENTS,
+    Baselines,
+    build_pool,
+    random_top_k,
+    rank_baselines,
+    tune_blend,
+)
+from .queries import (
+    History,
+    QuerySet,
+    build_history,
+    cross_sell_queries,
+    new_to_shopper,
+    up_sell_queries,
+)
 from .split import time_split
 
 K = 10
@@ -37,7 +51,11 @@ VIEW_TITLES = {
 }
 RESTRICTED = f" (>={UPSELL_MIN_UPLIFT}x)"  # suffix of up-sell methods with the restricted band
 MODEL = "model"
-ABLATIONS = {"retrieval only": None, "no price features": ("price",), "no complement features": ("complement",)}
+ABLATIONS = {
+    "retrieval only": None,
+    "no price features": ("price",),
+    "no complement features": ("complement",),
+}
 BASELINE_LABELS = {
     "random": "random",
     "popularity": "popularity",
@@ -80,18 +98,29 @@ class Progress:
         return tick
 
 
-def build_views(target, history_events, history: History, *, max_queries: int, seed: int) -> dict[str, QuerySet]:
-    cross = cross_sell_queries(target, history, max_queries=max_queries, seed=seed, name="cross_sell")
+def build_views(
+    target, history_events, history: History, *, max_queries: int, seed: int
+) -> dict[str, QuerySet]:
+    cross = cross_sell_queries(
+        target, history, max_queries=max_queries, seed=seed, name="cross_sell"
+    )
     return {
         "cross_sell": cross,
         "cross_sell_new": new_to_shopper(cross, history, name="cross_sell_new"),
         "up_sell": up_sell_queries(
-            target, history_events, history, min_uplift=UPSELL_MIN_UPLIFT, max_queries=max_queries, seed=seed
+            target,
+            history_events,
+            history,
+            min_uplift=UPSELL_MIN_UPLIFT,
+            max_queries=max_queries,
+            seed=seed,
         ),
     }
 
 
-def per_query_metrics(ranked: np.ndarray, queries: QuerySet, history: History) -> dict[str, np.ndarray]:
+def per_query_metrics(
+    ranked: np.ndarray, queries: QuerySet, history: History
+) -> dict[str, np.ndarray]:
     """Every metric of one method on one view, one value per query."""
     hits = M.hits_matrix(ranked, queries.relevant_codes(history.n_items), history.n_items)
     prices = np.where(ranked >= 0, history.price[np.maximum(ranked, 0)], 0.0)
@@ -110,14 +139,24 @@ def per_query_metrics(ranked: np.ndarray, queries: QuerySet, history: History) -
 def summarise(per_query: dict[str, dict[str, np.ndarray]], baselines: list[str]) -> dict:
     """Mean and 95% interval of every metric per method, and the paired difference of
     every method to the best baseline (by NDCG@10)."""
-    methods = {name: {m: M.mean_ci(v).to_dict() for m, v in metrics.items()} for name, metrics in per_query.items()}
-    best = max(baselines, key=lambda b: methods[b]["ndcg"]["mean"] if methods[b]["ndcg"]["n"] else -1.0)
+    methods = {
+        name: {m: M.mean_ci(v).to_dict() for m, v in metrics.items()}
+        for name, metrics in per_query.items()
+    }
+    best = max(
+        baselines, key=lambda b: methods[b]["ndcg"]["mean"] if methods[b]["ndcg"]["n"] else -1.0
+    )
     diffs = {
         name: {m: M.paired_difference(v, per_query[best][m]).to_dict() for m, v in metrics.items()}
         for name, metrics in per_query.items()
         if name != best
     }
-    return {"methods": methods, "best_baseline": best, "paired_vs_best": diffs, "baselines": baselines}
+    return {
+        "methods": methods,
+        "best_baseline": best,
+        "paired_vs_best": diffs,
+        "baselines": baselines,
+    }
 
 
 def evaluate(
@@ -167,13 +206,11 @@ def evaluate(
         if len(vq) == 0:
             tuning[name] = None
             continue
-        pool = build_pool(vq, base_fit)
-        tuning[name] = tune_blend(pool, k=K)
+        tuning[name] = tune_blend(build_pool(vq, base_fit), k=K)
         r = tuning[name]
         log(f"  blend[{name}]: validation NDCG@10 {r.validation_ndcg:.4f} "
             f"(best single {max(r.single_ndcg.values()):.4f}); weights "
             + " ".join(f"{c}={w:g}" for c, w in r.blend.weights.items() if w))  # fmt: skip
-    del pool
     t = timed("validation_and_tuning", t)
 
     # --- test: baselines on fit + valid -------------------------------------------------
@@ -188,7 +225,9 @@ def evaluate(
     rankings: dict[str, dict[str, np.ndarray]] = {v: {} for v in VIEWS}
     baseline_names: dict[str, list[str]] = {v: [] for v in VIEWS}
 
-    def add_baselines(view: str, queries: QuerySet, tuned, suffix: str = "", singles=COMPONENTS) -> None:
+    def add_baselines(
+        view: str, queries: QuerySet, tuned, suffix: str = "", singles=COMPONENTS
+    ) -> None:
         blends = {"blend": tuned.blend} if tuned is not None else {}
         tick = log.counter(f"baselines {queries.name}", len(queries))
         done = [0]
@@ -197,7 +236,9 @@ def evaluate(
             done[0] += n
             tick(done[0])
 
-        ranked = rank_baselines(queries, base, singles=singles, blends=blends, k=K, on_batch=on_batch)
+        ranked = rank_baselines(
+            queries, base, singles=singles, blends=blends, k=K, on_batch=on_batch
+        )
         if not suffix:
             ranked = {"random": random_top_k(queries, history, K, seed=seed), **ranked}
         for name, r in ranked.items():
@@ -209,7 +250,13 @@ def evaluate(
         if len(views[view]):
             add_baselines(view, views[view], tuning.get(view))
     if len(restricted):
-        add_baselines("up_sell", restricted, tuning.get("up_sell" + RESTRICTED), RESTRICTED, ("popularity", "buy_again"))
+        add_baselines(
+            "up_sell",
+            restricted,
+            tuning.get("up_sell" + RESTRICTED),
+            RESTRICTED,
+            ("popularity", "buy_again"),
+        )
     t = timed("baselines", t)
 
     # --- the model ------------------------------------------------------------------------
@@ -225,7 +272,9 @@ def evaluate(
         if ablations:
             for label, groups in ABLATIONS.items():
                 if groups is not None:
-                    variants[label] = replace(cfg, disabled_feature_groups=tuple(cfg.disabled_feature_groups) + groups)
+                    variants[label] = replace(
+                        cfg, disabled_feature_groups=tuple(cfg.disabled_feature_groups) + groups
+                    )
         for label, vcfg in variants.items():
             t0 = time.perf_counter()
             path = out / "bundles" / label.replace(" ", "_")
@@ -252,8 +301,13 @@ def evaluate(
                     rankers[MODEL], qs, history, k=K, uplift_min=UPSELL_MIN_UPLIFT,
                     on_query=log.counter(f"{MODEL}{RESTRICTED} / {view}", len(qs)),
                 )  # fmt: skip
-            rec, n_cand = candidate_recall(rankers[MODEL], qs, history, on_query=log.counter(f"candidates / {view}", len(qs)))
-            candidate[view] = {"recall": M.mean_ci(rec).to_dict(), "mean_candidates": float(n_cand.mean())}
+            rec, n_cand = candidate_recall(
+                rankers[MODEL], qs, history, on_query=log.counter(f"candidates / {view}", len(qs))
+            )
+            candidate[view] = {
+                "recall": M.mean_ci(rec).to_dict(),
+                "mean_candidates": float(n_cand.mean()),
+            }
             log(f"  candidate recall {view}: {candidate[view]['recall']['mean']:.3f} "
                 f"({candidate[view]['mean_candidates']:.0f} candidates per query)")  # fmt: skip
         t = timed("model_scoring", t)
@@ -267,10 +321,16 @@ def evaluate(
             results[view] = {"queries": 0, "query_stats": qs.stats}
             continue
         pq = {name: per_query_metrics(r, qs, history) for name, r in rankings[view].items()}
-        results[view] = {"queries": len(qs), "query_stats": qs.stats, **summarise(pq, baseline_names[view])}
+        results[view] = {
+            "queries": len(qs),
+            "query_stats": qs.stats,
+            **summarise(pq, baseline_names[view]),
+        }
         if MODEL in pq:
             results[view]["ablations_vs_model"] = {
-                name: {m: M.paired_difference(pq[name][m], pq[MODEL][m]).to_dict() for m in pq[name]}
+                name: {
+                    m: M.paired_difference(pq[name][m], pq[MODEL][m]).to_dict() for m in pq[name]
+                }
                 for name in pq
                 if name in ABLATIONS
             }
@@ -282,24 +342,40 @@ def evaluate(
 
     report = {
         "protocol": {
-            "k": K, "test_days": test_days, "valid_days": valid_days, "max_queries": max_queries, "seed": seed,
-            "upsell_min_uplift": UPSELL_MIN_UPLIFT, "ci": "95%, normal approximation (mean +- 1.96 sd/sqrt(n))",
+            "k": K,
+            "test_days": test_days,
+            "valid_days": valid_days,
+            "max_queries": max_queries,
+            "seed": seed,
+            "upsell_min_uplift": UPSELL_MIN_UPLIFT,
+            "ci": "95%, normal approximation (mean +- 1.96 sd/sqrt(n))",
             "price": "median unit price of the item's training purchase lines",
-        },  # fmt: skip
+        },
         "data": {
-            "events": len(dataset.events), "catalog_items": len(dataset.catalog), **split.summary(),
-            "warm_items": history.n_items, "warm_users": len(history.users),
-        },  # fmt: skip
+            "events": len(dataset.events),
+            "catalog_items": len(dataset.catalog),
+            **split.summary(),
+            "warm_items": history.n_items,
+            "warm_users": len(history.users),
+        },
         "blend": {
             name: (
-                {"weights": r.blend.weights, "validation_ndcg": r.validation_ndcg,
-                 "validation_single_ndcg": r.single_ndcg, "evaluations": r.evaluations,
-                 "validation_queries": len(valid_views[name])}
-                if r is not None else None
+                {
+                    "weights": r.blend.weights,
+                    "validation_ndcg": r.validation_ndcg,
+                    "validation_single_ndcg": r.single_ndcg,
+                    "evaluations": r.evaluations,
+                    "validation_queries": len(valid_views[name]),
+                }
+                if r is not None
+                else None
             )
             for name, r in tuning.items()
-        },  # fmt: skip
-        "als_seconds": {"fit_period": round(base_fit.als_seconds, 2), "train_period": round(base.als_seconds, 2)},
+        },
+        "als_seconds": {
+            "fit_period": round(base_fit.als_seconds, 2),
+            "train_period": round(base.als_seconds, 2),
+        },
         "views": results,
         "bundles": {k: str(v) for k, v in bundles.items()},
         "timings": timings,

@@ -58,7 +58,9 @@ def time_split(events: pd.DataFrame, *, test_days: int = 28, valid_days: int = 2
     or with no training history is meaningless, not zero.
     """
     if test_days <= 0 or valid_days < 0:
-        raise ValueError(f"test_days must be > 0 and valid_days >= 0, got {test_days}, {valid_days}")
+        raise ValueError(
+            f"test_days must be > 0 and valid_days >= 0, got {test_days}, {valid_days}"
+        )
     if events.empty:
         raise DataError("no events to split", column="timestamp")
     ts = events["timestamp"].to_numpy(dtype=np.int64)

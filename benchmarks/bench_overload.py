@@ -1,0 +1,367 @@
+"""Overload behaviour of `xsell serve` (issue 7): shed, stay fast for what it accepts,
+stay bounded, recover.
+
+Phases, against one `xsell serve` subprocess on 127.0.0.1:
+  1. unloaded: open loop at `--probe-rate` (20/s) for 10 s -> unloaded p50 / p99;
+  2. capacity: closed loop, `--callers` concurrent callers for 10 s -> sustainable rate
+     (the OK throughput at saturation);
+  3. overload: open loop at `--factor` (5) x that rate for `--seconds` (30 s); every call
+     has a 2 s deadline. Shed rate (RESOURCE_EXHAUSTED), p99 of the accepted calls,
+     other errors, server RSS and a gRPC health check every 100 ms
+     from another connection (must not be refused);
+  4. recovery: open loop at `--probe-rate` for 10 s right after the overload stops;
+     recovery time = time to the first probe after which every probe is OK and under
+     2 x the unloaded p99.
+
+The load generator is this process: asyncio + grpc.aio, requests fired on schedule
+whether or not earlier ones have answered (open loop); the lag behind the schedule is
+reported. On a 2-core host the server (`--workers 1` by default) is pinned to CPU 0 and
+the generator to CPU 1, so they do not steal from each other (other jobs on the host
+still do: the load average is recorded with every figure).
+
+Usage:
+    python benchmarks/bench_overload.py --bundle DIR [--workers 1] [--threads 8]
+        [--max-in-flight 16] [--factor 5] [--seconds 30] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+READY = re.compile(r"listening on [^ ]+:(\d+) workers=\d+ pids=([\d,]+)")
+DEADLINE = 2.0
+
+
+# ---------------------------------------------------------------- server
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    port: int
+    pids: list[int]
+
+    def rss_mib(self) -> float:
+        """Resident memory of the supervisor (if any) and every worker, MiB."""
+        total = 0
+        for pid in {self.process.pid, *self.pids}:
+            try:
+                with open(f"/proc/{pid}/status") as fh:
+                    for line in fh:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+        return total / 1024
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def start_server(bundle: str, *, workers: int, threads: int, max_in_flight: int | None,
+                 cpus: set[int] | None, log_path: Path) -> Server:  # fmt: skip
+    cmd = [sys.executable, "-m", "xsell.cli", "serve", "--bundle", bundle, "--port", "0",
+           "--workers", str(workers), "--threads", str(threads), "--no-access-log"]  # fmt: skip
+    if max_in_flight is not None:
+        cmd += ["--max-in-flight", str(max_in_flight)]
+    if workers > 1:
+        cmd += ["--no-pin"] if cpus else []
+
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, preexec_fn=pin,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    line = proc.stdout.readline().decode()
+    match = READY.search(line)
+    if not match:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}\n{log_path.read_text()[-3000:]}")
+    return Server(proc, int(match[1]), [int(p) for p in match[2].split(",")])
+
+
+# ---------------------------------------------------------------- requests
+
+
+def make_requests(bundle: str, n: int = 2000, seed: int = 0) -> list[bytes]:
+    """Serialized RecommendRequests: 1-3 item carts from the bundle's vocabulary (seeded)."""
+    from xsell.v1 import xsell_pb2 as pb
+
+    items = json.loads((Path(bundle) / "items.json").read_text())
+    users = json.loads((Path(bundle) / "users.json").read_text())
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        cart = [pb.CartLine(item_id=rng.choice(items)) for _ in range(rng.randint(1, 3))]
+        out.append(pb.RecommendRequest(user_id=rng.choice(users), cart=cart, limit=10).SerializeToString())
+    return out
+
+
+@dataclass
+class Calls:
+    """Per-call records of one phase: send time (s since phase start), latency, code."""
+
+    sent: list[float] = field(default_factory=list)
+    latency: list[float] = field(default_factory=list)
+    code: list[str] = field(default_factory=list)
+    lag: list[float] = field(default_factory=list)  # how late each call left vs its schedule
+
+    def ok_latencies(self) -> np.ndarray:
+        return np.array([lat for lat, c in zip(self.latency, self.code) if c == "OK"])
+
+    def codes(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.code:
+            out[c] = out.get(c, 0) + 1
+        return out
+
+
+def _stub(channel):
+    return channel.unary_unary("/xsell.v1.RecommendService/Recommend")  # bytes in, bytes out
+
+
+async def _one(call, payload: bytes, calls: Calls, t0: float, scheduled: float) -> None:
+    import grpc
+
+    start = time.perf_counter()
+    calls.lag.append(start - t0 - scheduled)
+    try:
+        await call(payload, timeout=DEADLINE)
+        code = "OK"
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code().name
+    calls.sent.append(start - t0)
+    calls.latency.append(time.perf_counter() - start)
+    calls.code.append(code)
+
+
+async def open_loop(port: int, payloads: list[bytes], rate: float, seconds: float, *, channels: int = 4,
+                    seed: int = 0) -> Calls:  # fmt: skip
+    """Fire calls at `rate`/s (Poisson arrivals, seeded) for `seconds`, never waiting for answers."""
+    import grpc
+
+    chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+             for _ in range(channels)]  # fmt: skip
+    stubs = [_stub(c) for c in chans]
+    rng = random.Random(seed)
+    calls = Calls()
+    tasks = set()
+    t0 = time.perf_counter()
+    t = 0.0
+    i = 0
+    while t < seconds:
+        delay = t0 + t - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(_one(stubs[i % channels], payloads[i % len(payloads)], calls, t0, t))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        i += 1
+        t += rng.expovariate(rate)
+    if tasks:
+        await asyncio.wait(tasks)
+    for c in chans:
+        await c.close()
+    return calls
+
+
+async def closed_loop(port: int, payloads: list[bytes], callers: int, seconds: float) -> Calls:
+    import grpc
+
+    chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+             for _ in range(callers)]  # fmt: skip
+    calls = Calls()
+    t0 = time.perf_counter()
+
+    async def caller(k: int) -> None:
+        stub = _stub(chans[k])
+        i = k
+        while time.perf_counter() - t0 < seconds:
+            await _one(stub, payloads[i % len(payloads)], calls, t0, time.perf_counter() - t0)
+            i += callers
+
+    await asyncio.gather(*(caller(k) for k in range(callers)))
+    for c in chans:
+        await c.close()
+    return calls
+
+
+def pct(values, q: float) -> float:
+    return float(np.percentile(values, q)) * 1e3 if len(values) else float("nan")
+
+
+def loadavg() -> float:
+    return os.getloadavg()[0]
+
+
+class Sampler(threading.Thread):
+    """Samples server RSS every `interval` s, and (optionally) a health check per interval."""
+
+    def __init__(self, server: Server, interval: float, health: bool) -> None:
+        super().__init__(daemon=True)
+        self.server, self.interval, self.health = server, interval, health
+        self.rss: list[tuple[float, float]] = []
+        self.health_codes: dict[str, int] = {}
+        self.health_latency: list[float] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}",
+                                        options=[("grpc.use_local_subchannel_pool", 1)])  # fmt: skip
+        stub = health_pb2_grpc.HealthStub(channel)
+        t0 = time.perf_counter()
+        while not self._halt.wait(self.interval):
+            self.rss.append((time.perf_counter() - t0, self.server.rss_mib()))
+            if self.health:
+                start = time.perf_counter()
+                try:
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=DEADLINE)
+                    code = "OK"
+                except grpc.RpcError as exc:
+                    code = exc.code().name
+                self.health_latency.append(time.perf_counter() - start)
+                self.health_codes[code] = self.health_codes.get(code, 0) + 1
+        channel.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def recovery_seconds(probes: Calls, threshold_s: float) -> float | None:
+    """Time (s after the overload ended) of the first probe from which on every probe is
+    OK and under `threshold_s`; None if the phase never got there."""
+    good = [c == "OK" and lat <= threshold_s for c, lat in zip(probes.code, probes.latency)]
+    order = np.argsort(probes.sent)
+    sent = np.asarray(probes.sent)[order]
+    good = np.asarray(good)[order]
+    for i in range(len(good)):
+        if good[i:].all():
+            return float(sent[i])
+    return None
+
+
+def run(args) -> dict:
+    cpus = sorted(os.sched_getaffinity(0))
+    split = len(cpus) >= 2 and not args.no_pin
+    server_cpus = set(cpus[: max(1, args.workers)]) if split else None
+    if split:
+        os.sched_setaffinity(0, {cpus[-1]})  # the generator
+    log_path = Path(args.log)
+    server = start_server(args.bundle, workers=args.workers, threads=args.threads,
+                          max_in_flight=args.max_in_flight, cpus=server_cpus, log_path=log_path)  # fmt: skip
+    payloads = make_requests(args.bundle)
+    out: dict = {"workers": args.workers, "threads": args.threads, "max_in_flight": args.max_in_flight,
+                 "factor": args.factor, "seconds": args.seconds, "deadline_s": DEADLINE,
+                 "pinned": split}  # fmt: skip
+    try:
+        asyncio.run(open_loop(server.port, payloads, args.probe_rate, 3.0))  # warm-up
+        la = loadavg()
+        base = asyncio.run(open_loop(server.port, payloads, args.probe_rate, 10.0, seed=1))
+        ok = base.ok_latencies()
+        out["unloaded"] = {"p50_ms": pct(ok, 50), "p99_ms": pct(ok, 99), "n": len(base.code),
+                           "codes": base.codes(), "load_avg": la}  # fmt: skip
+        print(f"unloaded   p50 {out['unloaded']['p50_ms']:.1f} ms  p99 {out['unloaded']['p99_ms']:.1f} ms  "
+              f"(load avg {la:.1f})", flush=True)  # fmt: skip
+
+        la = loadavg()
+        cap = asyncio.run(closed_loop(server.port, payloads, args.callers, 10.0))
+        capacity = cap.codes().get("OK", 0) / 10.0
+        out["capacity"] = {"ok_per_s": capacity, "callers": args.callers, "codes": cap.codes(),
+                           "p99_ms": pct(cap.ok_latencies(), 99), "load_avg": la}  # fmt: skip
+        print(f"capacity   {capacity:.0f} OK/s with {args.callers} closed-loop callers (load avg {la:.1f})", flush=True)
+
+        rate = args.factor * capacity
+        rss_before = server.rss_mib()
+        sampler = Sampler(server, 0.1, health=True)
+        sampler.start()
+        la = loadavg()
+        over = asyncio.run(open_loop(server.port, payloads, rate, args.seconds, channels=8, seed=2))
+        sampler.stop()
+        la_after = loadavg()
+        # starts right after the overload ended: probe times count from there
+        probes = asyncio.run(open_loop(server.port, payloads, args.probe_rate, 10.0, seed=3))
+        codes = over.codes()
+        n = len(over.code)
+        ok = over.ok_latencies()
+        unloaded_p99 = out["unloaded"]["p99_ms"]
+        rec = recovery_seconds(probes, 2 * unloaded_p99 / 1e3)
+        rss = [r for _, r in sampler.rss]
+        out["overload"] = {
+            "target_rate": rate, "sent": n, "achieved_rate": n / args.seconds,
+            "lag_p99_ms": pct(np.asarray(over.lag), 99),
+            "codes": codes, "shed_rate": codes.get("RESOURCE_EXHAUSTED", 0) / max(n, 1),
+            "ok_rate": codes.get("OK", 0) / args.seconds,
+            "other_errors": n - codes.get("OK", 0) - codes.get("RESOURCE_EXHAUSTED", 0),
+            "accepted_p50_ms": pct(ok, 50), "accepted_p99_ms": pct(ok, 99),
+            "accepted_p99_over_unloaded_p99": pct(ok, 99) / unloaded_p99,
+            "rss_before_mib": rss_before, "rss_max_mib": max(rss) if rss else None,
+            "rss_end_mib": rss[-1] if rss else None,
+            "health": {"codes": sampler.health_codes, "p99_ms": pct(np.asarray(sampler.health_latency), 99)},
+            "load_avg_start": la, "load_avg_end": la_after,
+        }  # fmt: skip
+        out["recovery"] = {"seconds": rec, "threshold_ms": 2 * unloaded_p99, "probe_codes": probes.codes(),
+                           "probe_p99_ms": pct(probes.ok_latencies(), 99),
+                           "load_avg": loadavg()}  # fmt: skip
+        o = out["overload"]
+        print(f"overload   {o['target_rate']:.0f}/s target, {o['achieved_rate']:.0f}/s sent (lag p99 "
+              f"{o['lag_p99_ms']:.0f} ms): shed {o['shed_rate']:.1%}, OK {o['ok_rate']:.0f}/s, other errors "
+              f"{o['other_errors']}, accepted p50 {o['accepted_p50_ms']:.1f} / p99 {o['accepted_p99_ms']:.1f} ms "
+              f"({o['accepted_p99_over_unloaded_p99']:.2f}x unloaded p99), RSS {o['rss_before_mib']:.0f} -> max "
+              f"{o['rss_max_mib']:.0f} MiB, health {o['health']['codes']} p99 {o['health']['p99_ms']:.1f} ms "
+              f"(load avg {o['load_avg_start']:.1f} -> {o['load_avg_end']:.1f})", flush=True)  # fmt: skip
+        r = out["recovery"]
+        print(f"recovery   {r['seconds'] if r['seconds'] is not None else 'never'} s to every probe OK and "
+              f"< {r['threshold_ms']:.1f} ms; probes {r['probe_codes']}, p99 {r['probe_p99_ms']:.1f} ms", flush=True)
+    finally:
+        out["server_exit"] = server.stop()
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--max-in-flight", type=int, default=None)
+    p.add_argument("--callers", type=int, default=16, help="closed-loop callers measuring capacity")
+    p.add_argument("--factor", type=float, default=5.0, help="overload rate / capacity")
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--probe-rate", type=float, default=20.0)
+    p.add_argument("--no-pin", action="store_true", help="do not split the CPUs between server and generator")
+    p.add_argument("--log", default="/tmp/xsell-bench-overload.log", help="server stderr")
+    p.add_argument("--json", default=None, help="write the figures here")
+    args = p.parse_args()
+    out = run(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

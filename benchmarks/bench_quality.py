@@ -1,0 +1,102 @@
+"""Ranking quality on Ta-Feng: the full `evaluate` protocol, compared with the issue's
+reference baseline numbers (issue 3, "What we measured").
+
+    xsell data tafeng --out DATA_DIR
+    python benchmarks/bench_quality.py --data DATA_DIR --out REPORT_DIR [--no-model] [--no-ablations]
+
+Writes REPORT_DIR/report.{md,json,png} and prints a table: each reference figure, ours with
+its 95% interval, and whether the reference falls inside the interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+from xsell.data.loaders import load_dataset
+from xsell.evaluation.runner import RESTRICTED, evaluate
+
+# (view, method label in the report, metric) -> the issue's reference value
+REFERENCE = {
+    ("cross_sell", "popularity", "ndcg"): 0.046,
+    ("cross_sell", "co-purchase", "ndcg"): 0.051,
+    ("cross_sell", "ALS user-item", "ndcg"): 0.057,
+    ("cross_sell", "buy again", "ndcg"): 0.099,
+    ("cross_sell", "tuned blend", "ndcg"): 0.100,
+    ("cross_sell", "tuned blend", "revenue"): 43.1,
+    ("cross_sell_new", "popularity", "ndcg"): 0.038,
+    ("cross_sell_new", "co-purchase", "ndcg"): 0.040,
+    ("cross_sell_new", "tuned blend", "ndcg"): 0.037,
+    ("up_sell", "random", "ndcg"): 0.246,
+    ("up_sell", "popularity", "ndcg"): 0.426,
+    ("up_sell", "buy again", "ndcg"): 0.464,
+    ("up_sell", "tuned blend", "ndcg"): 0.474,
+    ("up_sell", "tuned blend" + RESTRICTED, "ndcg"): 0.514,
+}
+REFERENCE_QUERIES = {"cross_sell": 20_000, "up_sell": 9_333}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data", type=Path, help="directory with events/catalog/users (.parquet or .csv)"
+    )
+    ap.add_argument("--events", type=Path)
+    ap.add_argument("--catalog", type=Path)
+    ap.add_argument("--users", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--max-queries", type=int, default=20_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-model", action="store_true", help="baselines only")
+    ap.add_argument("--no-ablations", action="store_true")
+    args = ap.parse_args(argv)
+    paths = {name: getattr(args, name) for name in ("events", "catalog", "users")}
+    if args.data:
+        for name, given in paths.items():
+            if given is None:
+                found = [args.data / f"{name}.{ext}" for ext in ("parquet", "csv")]
+                paths[name] = next((f for f in found if f.exists()), None)
+    if paths["events"] is None or paths["catalog"] is None:
+        ap.error("give --data DIR (holding events/catalog[/users]) or --events and --catalog")
+
+    print(f"# bench_quality: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}", flush=True)  # fmt: skip
+    dataset = load_dataset(paths["events"], paths["catalog"], paths["users"])
+    report = evaluate(
+        dataset, args.out, max_queries=args.max_queries, seed=args.seed,
+        model=not args.no_model, ablations=not args.no_ablations,
+    )  # fmt: skip
+
+    print()
+    print("| view | method | metric | reference | ours [95% CI] | reference inside CI |")
+    print("|---|---|---|---|---|---|")
+    for (view, method, metric), ref in REFERENCE.items():
+        est = report["views"][view].get("methods", {}).get(method, {}).get(metric)
+        if est is None:
+            print(f"| {view} | {method} | {metric} | {ref} | missing | - |")
+            continue
+        inside = est["lo"] <= ref <= est["hi"]
+        d = 1 if metric == "revenue" else 4
+        print(f"| {view} | {method} | {metric} | {ref} | {est['mean']:.{d}f} [{est['lo']:.{d}f}, {est['hi']:.{d}f}] "
+              f"| {'yes' if inside else 'NO'} |")  # fmt: skip
+    for view, n in REFERENCE_QUERIES.items():
+        print(f"queries {view}: reference {n:,}, ours {report['views'][view]['queries']:,}")
+    for view in ("cross_sell", "cross_sell_new", "up_sell"):
+        r = report["views"][view]
+        if "model" in r.get("methods", {}):
+            m, b = r["methods"]["model"]["ndcg"], r["methods"][r["best_baseline"]]["ndcg"]
+            print(f"model {view}: NDCG@10 {m['mean']:.4f} vs best baseline {r['best_baseline']} {b['mean']:.4f} "
+                  f"({m['mean'] / b['mean']:.2f}x)")  # fmt: skip
+    for name, t in report.get("targets", {}).items():
+        print(f"target {'met' if t['met'] else 'NOT met'}: {name}")
+    print(f"timings: {report['timings']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+#!/usr/bin/env node
+'use strict';
+// Calls GetModelInfo and Recommend and prints {"model_info": ..., "recommend": ...}
+// as JSON (field names as in the .proto, enums by name, uint64 as strings), so the
+// answer can be compared with the Python and Go clients'.
+//
+//   node recommend.js --address 127.0.0.1:50051 --user U --cart A,B --strategy up_sell --limit 5 [--explain]
+//   node recommend.js --address 127.0.0.1:50051 --request '{"user_id": "U", "cart": [{"item_id": "A"}]}'
+
+const { parseArgs } = require('util');
+const { createClient, call } = require('./client');
+
+const STRATEGIES = { cross_sell: 'STRATEGY_CROSS_SELL', up_sell: 'STRATEGY_UP_SELL', both: 'STRATEGY_BOTH' };
+
+// JSON has no NaN or Infinity (JSON.stringify writes null); the proto3 JSON mapping
+// spells them as strings, as Go's protojson and Python's json_format do. The server
+// sends NaN for a feature value it does not know.
+function protoJsonNumbers(_key, value) {
+  if (typeof value === 'number' && !Number.isFinite(value)) {
+    return Number.isNaN(value) ? 'NaN' : value > 0 ? 'Infinity' : '-Infinity';
+  }
+  return value;
+}
+
+function fail(message) {
+  process.stderr.write(`xsell-node-client: ${message}\n`);
+  process.exit(2);
+}
+
+function buildRequest(values) {
+  if (values.request) {
+    try {
+      return JSON.parse(values.request);
+    } catch (e) {
+      fail(`--request: not JSON: ${e.message}`);
+    }
+  }
+  const strategy = STRATEGIES[values.strategy];
+  if (!strategy) fail(`--strategy: '${values.strategy}' is not one of ${Object.keys(STRATEGIES).join(', ')}`);
+  const limit = Number(values.limit);
+  if (!Number.isInteger(limit) || limit < 0) fail(`--limit: '${values.limit}' is not a whole number >= 0`);
+  const cart = values.cart.split(',').map((s) => s.trim()).filter(Boolean).map((item_id) => ({ item_id, quantity: 1 }));
+  return { user_id: values.user, cart, strategy, limit, explain: values.explain };
+}
+
+async function main() {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      options: {
+        address: { type: 'string', default: '127.0.0.1:50051' },
+        request: { type: 'string' },
+        user: { type: 'string', default: '' },
+        cart: { type: 'string', default: '' },
+        strategy: { type: 'string', default: 'both' },
+        limit: { type: 'string', default: '0' },
+        explain: { type: 'boolean', default: false },
+        token: { type: 'string', default: process.env.XSELL_TOKEN || '' },
+        'timeout-ms': { type: 'string', default: '5000' },
+      },
+    }));
+  } catch (e) {
+    fail(e.message);
+  }
+  const request = buildRequest(values);
+  const client = createClient(values.address, { token: values.token });
+  const timeoutMs = Number(values['timeout-ms']);
+  try {
+    const modelInfo = await call(client, 'GetModelInfo', {}, { timeoutMs });
+    const recommend = await call(client, 'Recommend', request, { timeoutMs });
+    process.stdout.write(`${JSON.stringify({ model_info: modelInfo, recommend }, protoJsonNumbers, 2)}\n`);
+  } catch (e) {
+    fail(e.message);
+  } finally {
+    client.close();
+  }
+}
+
+main();

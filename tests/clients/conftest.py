@@ -1,0 +1,147 @@
+"""Fixtures of the client tests: a real server (in-process, real socket) on the
+session bundle, and what the test data says independently of the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# CI sets this so that a missing toolchain (node, go, buf, protoc) fails instead of skipping.
+REQUIRE_TOOLCHAINS = os.environ.get("XSELL_REQUIRE_TOOLCHAINS") == "1"
+
+
+def _missing_tool(reason: str) -> None:
+    if REQUIRE_TOOLCHAINS:
+        pytest.fail(f"{reason} (XSELL_REQUIRE_TOOLCHAINS=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def missing_tool():
+    """missing_tool(reason): skip with the reason, or fail when CI requires every toolchain."""
+    return _missing_tool
+
+
+@dataclass(frozen=True)
+class Shop:
+    """Facts of the synthetic shop, read from the data, not from the server."""
+
+    category: dict[str, str]  # item_id -> leaf category
+    price: dict[str, float]
+    by_popularity: list[str]  # in-stock items, most purchased first
+    users: list[str]  # most active first
+
+
+@pytest.fixture(scope="session")
+def shop(dataset) -> Shop:
+    cat, ev = dataset.catalog, dataset.events
+    purchases = ev[ev["event_type"] == "purchase"]
+    stock = dict(zip(cat["item_id"], cat["in_stock"].astype(bool)))
+    return Shop(
+        category=dict(zip(cat["item_id"], cat["category"])),
+        price=dict(zip(cat["item_id"], cat["price"].astype(float))),
+        by_popularity=[i for i in purchases["item_id"].value_counts().index if stock.get(i)],
+        users=list(purchases["user_id"].value_counts().index),
+    )
+
+
+@pytest.fixture(scope="session")
+def ranker(bundle_dir):
+    from xsell.ranking.ranker import Ranker
+
+    return Ranker.load(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def server(ranker, bundle_root):
+    """A shared server for tests that do not change its state."""
+    from xsell.server.app import create_server
+
+    srv, _port = create_server(ranker, bundle_root=bundle_root, access_log=False)
+    srv.start()
+    yield srv
+    srv.stop(None)
+
+
+@pytest.fixture(scope="module")
+def address(server) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+def client(address):
+    from xsell.clients import XsellClient
+
+    with XsellClient(address, timeout=10.0) as c:
+        yield c
+
+
+@pytest.fixture
+def not_serving(bundle_root):
+    """A server with no bundle loaded: every RecommendService call answers UNAVAILABLE."""
+    from xsell.server.app import create_server
+
+    srv, _port = create_server(None, bundle_root=bundle_root, access_log=False)
+    srv.start()
+    yield srv
+    srv.stop(None)
+
+
+def _calls(server, method: str, code: str) -> int:
+    value = server.metrics.registry.get_sample_value(
+        "xsell_requests_total", {"method": method, "code": code}
+    )
+    return int(value or 0)
+
+
+@pytest.fixture(scope="session")
+def server_calls():
+    """server_calls(server, method, code): how many `method` calls that server answered
+    with `code`, from its own metrics (counts attempts on the server side)."""
+    return _calls
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A port nothing listens on right now (for a server started later)."""
+    return _free_port()
+
+
+def _copy_bundle(src: Path, dst: Path, *, version: str) -> Path:
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["version"] = version
+    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def copy_bundle():
+    """copy_bundle(src, dst, version=...): a valid copy of a bundle whose manifest names
+    `version` (the manifest hashes the other files, not itself)."""
+    return _copy_bundle
+
+
+@pytest.fixture(scope="session")
+def require_tool():
+    """require_tool(name_or_path, why) -> path: the tool, else skip (fail in CI)."""
+
+    def find(tool: str, why: str) -> str:
+        path = tool if os.path.isabs(tool) and os.access(tool, os.X_OK) else shutil.which(tool)
+        if path is None:
+            _missing_tool(f"{tool} not installed: {why}")
+        return path
+
+    return find

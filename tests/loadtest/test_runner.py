@@ -1,0 +1,152 @@
+"""Open- and closed-loop driving: send times follow the schedule, latency counts queueing.
+
+The gRPC cases run the real client processes against a real in-process gRPC server
+whose health Check takes a known time on a single thread, so the queueing is known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from xsell.clients.loadtest.report import build_report, window_samples
+from xsell.clients.loadtest.runner import LoadConfig, closed_loop, health_body, open_loop, run_load
+from xsell.clients.loadtest.stats import arrival_offsets
+
+SERVICE_S = 0.010  # the slow server's time per call
+
+
+class _SlowHealth(health.HealthServicer):
+    def Check(self, request, context):
+        time.sleep(SERVICE_S)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    """One handler thread: calls queue up and are served one after another."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    health_pb2_grpc.add_HealthServicer_to_server(_SlowHealth(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+def test_open_loop_driver_keeps_the_schedule_through_a_client_stall():
+    """A stalled event loop delays the sends, and the delay is in the latency."""
+    stall, period, service = 0.15, 0.01, 0.002
+    log: list[tuple[int, float, float, float]] = []  # (j, due, started, done)
+
+    async def fire(j: int, due: float) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if j == 5:
+            time.sleep(stall)  # noqa: ASYNC251 - the client process is busy: nothing runs meanwhile
+        await asyncio.sleep(service)
+        log.append((j, due, started, loop.time()))
+
+    async def main() -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + 0.02 + np.arange(40) * period
+        await open_loop(due, fire, 1000, lambda d: pytest.fail("nothing may be dropped"))
+        return due
+
+    due = asyncio.run(main())
+    log.sort()
+    assert [row[1] for row in log] == due.tolist()  # every call gets its own due time
+    lag = np.array([started - d for _, d, started, _ in log])
+    latency = np.array([done - d for _, d, _, done in log])
+    # before the stall the sends follow the schedule
+    assert np.all(lag[:6] < 0.04), lag[:6]  # loose: the host may be busy
+    # calls due during the stall start late, and that lateness counts in their latency
+    in_stall = [j for j in range(6, 40) if due[j] < due[5] + stall - 0.005]
+    assert len(in_stall) >= 10
+    for j in in_stall:
+        assert lag[j] >= due[5] + stall - due[j] - 0.002
+        assert latency[j] >= lag[j] + service - 0.001
+    # after it the schedule is caught up with, not shifted
+    assert np.all(lag[-5:] < 0.04), lag[-5:]
+
+
+def test_open_loop_driver_drops_beyond_the_outstanding_limit():
+    dropped: list[float] = []
+
+    async def fire(j, due):
+        await asyncio.sleep(0.2)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        await open_loop(loop.time() + np.arange(10) * 0.001, fire, 3, dropped.append)
+
+    asyncio.run(main())
+    assert len(dropped) == 7
+
+
+def test_closed_loop_driver_keeps_callers_busy():
+    in_flight, peak = 0, 0
+
+    async def fire(j, due):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.005)
+        in_flight -= 1
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        await closed_loop(4, loop.time() + 0.1, fire)
+
+    asyncio.run(main())
+    assert peak == 4
+
+
+def test_open_loop_over_grpc_counts_server_queueing(slow_server):
+    """Offered 150/s to a server that does 100/s: the backlog grows ~0.5 s over 1 s."""
+    rate, duration = 150.0, 1.0
+    cfg = LoadConfig(address=slow_server, target="health", concurrency=None, rate=rate, duration=duration,
+                     warmup=0.0, arrival="uniform", timeout=10.0, procs=1)  # fmt: skip
+    raw = run_load(cfg, [health_body()])
+    s = window_samples(raw)
+    assert np.all(s["code"] == "OK")
+    # the calls were due exactly on the uniform schedule, and were sent on time
+    assert np.allclose(s["t"], arrival_offsets(rate, duration, seed=0, arrival="uniform"))
+    assert np.percentile(s["lag"], 99) < 0.1
+    # one server thread: the k-th completion is at least (k+1) service times after the start
+    done = np.sort(s["t"] + s["latency"])
+    assert np.all(done >= (np.arange(len(done)) + 1) * SERVICE_S - 0.002)
+    lat = s["latency"]
+    assert lat.max() >= 0.35  # D/D/1 backlog: 150 * (1/100 - 1/150) * 1 s ~ 0.5 s
+    third = len(lat) // 3
+    assert lat[-third:].mean() > lat[:third].mean() + 0.2  # and it grows over the run
+    rep = build_report(raw)
+    assert rep["latency_ms"]["max"] == pytest.approx(lat.max() * 1e3)
+    assert rep["calls"] == len(lat) == 150 and rep["errors"] == {}
+
+
+def test_closed_loop_over_grpc_matches_the_server_capacity(slow_server):
+    cfg = LoadConfig(
+        address=slow_server, target="health", concurrency=2, duration=1.5, warmup=0.3, procs=2
+    )
+    rep = build_report(run_load(cfg, [health_body()]))
+    assert rep["errors"] == {}
+    capacity = 1 / SERVICE_S
+    assert 0.5 * capacity <= rep["ok_rps"] <= 1.02 * capacity
+    # two callers share one server thread: a call waits for the other one
+    assert 1.5 * SERVICE_S * 1e3 <= rep["latency_ms"]["p50"] <= 6 * SERVICE_S * 1e3
+    assert rep["client"]["cpu_cores"] > 0 and rep["client"]["procs"] == 2
+    assert rep["client"]["checked_responses"]["not_serving"] == 0
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="exactly one"):
+        LoadConfig(concurrency=4, rate=10.0).validated()
+    with pytest.raises(ValueError, match="target"):
+        LoadConfig(target="everything").validated()
+    with pytest.raises(ValueError, match="idle"):
+        LoadConfig(concurrency=2, procs=3).validated()
