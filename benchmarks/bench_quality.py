@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-model", action="store_true", help="baselines only")
     ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes querying the model"
+    )
     args = ap.parse_args(argv)
     paths = {name: getattr(args, name) for name in ("events", "catalog", "users")}
     if args.data:

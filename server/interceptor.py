@@ -120,13 +120,14 @@ class Admission:
     """The in-flight bounds (admitted calls) and the work slots (calls running).
 
     Two bounds, chosen by whether a queue is standing (after "adaptive controlled
-    delay", Facebook's "Fail at Scale", 2015): a server that had a free work slot for
-    some arriving call within the last `standing_after` (100 ms) is busy but healthy,
-    and holds up to `max_in_flight` calls, so bursts are queued, not refused. Once no
-    arrival has found a free slot for that long, the queue is standing (overload) and
-    the server holds at most `overload_in_flight` calls: the excess is answered
-    RESOURCE_EXHAUSTED at once, by the cheap refusal path, and what it accepts waits
-    behind a few calls only. A queued call waits for a slot until its deadline.
+    delay", Facebook's "Fail at Scale", 2015). A server where some arriving call found
+    no queue and a free work slot within the last `standing_after` (250 ms) is busy but
+    healthy: it holds up to `max_in_flight` calls, so bursts are queued, not refused.
+    Once no arrival has found it idle for that long, the queue is standing (overload):
+    it holds at most `overload_in_flight` (2 x threads) calls, the excess is answered
+    RESOURCE_EXHAUSTED at once by the cheap refusal path, and what it accepts waits
+    behind a few calls only. It leaves that state at the first arrival that finds the
+    queue empty and a slot free. A queued call waits for a slot until its deadline.
     """
 
     def __init__(
@@ -135,7 +136,7 @@ class Admission:
         threads: int,
         *,
         overload_in_flight: int | None = None,
-        standing_after: float = 0.100,
+        standing_after: float = 0.250,
     ) -> None:
         if max_in_flight < 1 or threads < 1:
             raise ValueError(f"max_in_flight and threads must be >= 1, got {max_in_flight}, {threads}")
@@ -144,7 +145,8 @@ class Admission:
         self.standing_after = standing_after
         self._lock = threading.Lock()
         self._held = 0
-        self._last_free = time.monotonic()  # last time an arriving call found a free slot
+        self._waiting = 0
+        self._last_idle = time.monotonic()  # last arrival that found no queue and a free slot
         self.slots = threading.Semaphore(threads)  # FIFO: waiters wake in arrival order
 
     @property
@@ -152,8 +154,8 @@ class Admission:
         return self._held
 
     def standing(self, now: float | None = None) -> bool:
-        """True while no arriving call has found a free work slot for `standing_after` s."""
-        return (now if now is not None else time.monotonic()) - self._last_free > self.standing_after
+        """True while no arriving call has found the server idle for `standing_after` s."""
+        return (now if now is not None else time.monotonic()) - self._last_idle > self.standing_after
 
     def try_acquire(self) -> Ticket | None:
         with self._lock:
@@ -169,13 +171,20 @@ class Admission:
 
     def take_slot(self, context: grpc.ServicerContext) -> None:
         """Wait for a work slot; raise DeadlineExpired when the caller's deadline comes first."""
-        if self.slots.acquire(blocking=False):
-            self._last_free = time.monotonic()
-            return
+        with self._lock:
+            if self._waiting == 0 and self.slots.acquire(blocking=False):
+                self._last_idle = time.monotonic()
+                return
+            self._waiting += 1
         remaining = context.time_remaining()
-        # one blocking wait, no polling: queued threads waking every few ms would fight the
-        # running calls for the GIL. A cancelled caller's call leaves at its deadline.
-        if not self.slots.acquire(timeout=remaining if remaining is not None else None):
+        try:
+            # one blocking wait, no polling: queued threads waking every few ms would fight
+            # the running calls for the GIL. A cancelled caller's call leaves at its deadline.
+            got = self.slots.acquire(timeout=remaining if remaining is not None else None)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        if not got:
             raise DeadlineExpired("deadline expired while waiting for a work slot")
 
 
@@ -288,12 +297,12 @@ class ServingInterceptor(grpc.ServerInterceptor):
                         "request", f"not a valid {message} protobuf message ({request.error})"
                     )
                 check_time_left(context, before=f"{method} started")
-                if admission is not None:
-                    admission.take_slot(context)
-                    slot = True
-                    check_time_left(context, before=f"{method} started")
-                in_flight.inc()
+                in_flight.inc()  # admitted: queued for a work slot or running
                 try:
+                    if admission is not None:
+                        admission.take_slot(context)
+                        slot = True
+                        check_time_left(context, before=f"{method} started")
                     response = behavior(request, context)
                 finally:
                     in_flight.dec()

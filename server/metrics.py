@@ -6,7 +6,7 @@ servers in one process). Names:
     xsell_requests_total{method,code}            counter, RecommendService calls by status
     xsell_request_latency_seconds{method}        histogram, handler time
     xsell_stage_latency_seconds{stage}           histogram, retrieval / features / model / rules
-    xsell_in_flight_requests                     gauge, RecommendService calls running now
+    xsell_in_flight_requests                     gauge, RecommendService calls admitted now (queued for a work slot or running)
     xsell_model_info{version}                    gauge, 1 for the version serving, 0 once replaced
     xsell_reloads_total{outcome}                 counter, ok / refused
 
@@ -15,9 +15,10 @@ multiprocess mode. The supervisor sets PROMETHEUS_MULTIPROC_DIR to a fresh
 directory before it starts the workers; each worker writes its samples there
 (mmap files), and the supervisor alone serves `--metrics-port` with a
 MultiProcessCollector that sums them (gauges: in-flight is summed over live
-workers, model info is reported per worker pid). Calls the server rejects before
-any handler runs (RESOURCE_EXHAUSTED from the concurrency bound) are not counted
-here: gRPC answers them in its polling thread.
+workers, model info is reported per worker pid). Calls refused by the in-flight
+bound and by the auth interceptor are counted (RESOURCE_EXHAUSTED, UNAUTHENTICATED,
+PERMISSION_DENIED); only calls gRPC refuses itself past `maximum_concurrent_rpcs`
+(the last-resort bound) are not: it answers them in its polling thread.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class ServerMetrics:
         )
         self.in_flight = Gauge(
             "xsell_in_flight_requests",
-            "RecommendService calls running now",
+            "RecommendService calls admitted now (queued for a work slot or running)",
             registry=r,
             multiprocess_mode="livesum",
         )

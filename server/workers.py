@@ -118,8 +118,6 @@ def serve(config: ServeConfig) -> int:
 
 
 def _serve_in_process(config: ServeConfig) -> int:
-    if os.environ.get("XSELL_SWITCH_MS"):  # TEMP experiment
-        sys.setswitchinterval(float(os.environ["XSELL_SWITCH_MS"]) / 1000)
     from xsell.server.app import configure_access_log, create_server, run_until_signalled
     from xsell.server.metrics import serve_metrics
 

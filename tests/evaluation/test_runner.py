@@ -119,3 +119,26 @@ def test_cli_errors_name_the_problem(synthetic_dir, tmp_path, capsys):
                 "x",
             ]
         )
+
+
+def test_worker_processes_give_the_same_answers(dataset, bundle_dir):
+    from xsell.evaluation.model import ModelClient, RankerSpec, candidate_recall, model_rankings
+    from xsell.evaluation.queries import build_history, cross_sell_queries, new_to_shopper
+
+    split = time_split(dataset.events, test_days=14, valid_days=14)
+    history = build_history(split.train, dataset.catalog)
+    qs = new_to_shopper(cross_sell_queries(split.test, history, max_queries=60, seed=1), history)
+    spec = RankerSpec(str(bundle_dir))
+    with ModelClient(1) as local, ModelClient(2) as pool:
+        a = model_rankings(local, spec, qs, history)
+        b = model_rankings(pool, spec, qs, history)
+        ra, na = candidate_recall(local, spec, qs, history)
+        rb, nb = candidate_recall(pool, spec, qs, history)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(na, nb)
+    np.testing.assert_allclose(ra, rb)
+    assert (a[:, 0] >= 0).mean() > 0.9  # the model answers nearly every query with a known item
+    # exclude_purchased is on in this view: nothing the shopper bought in training comes back
+    bought = history.user_items[qs.user].toarray() > 0
+    ranked = np.where(a >= 0, a, 0)
+    assert not np.take_along_axis(bought, ranked, axis=1)[a >= 0].any()

@@ -39,6 +39,8 @@ CSV_CASES = [
     ("latin1-late.csv", ("item_id,category,price\n" + "a,x,1\n" * 5000 + "b,caté,2\n").encode("latin-1"),
      "catalog", 5002, "category", "not valid UTF-8"),
     ("utf16.csv", CATALOG.encode("utf-16"), "catalog", 1, None, "UTF-16"),
+    # found by fuzz/fuzz_loaders.py: a bare "\r" on the bad line broke the column lookup
+    ("cr-latin1.csv", b"user_id,seg\nu1,caf\xe9\rx\n", "users", 2, "seg", "not valid UTF-8"),
     ("empty.csv", b"", "events", 1, None, "file is empty"),
     ("blank-lines.csv", b"\n\n\n", "events", 1, None, "file is empty"),
     ("ragged.csv", b"item_id,category,price\na,x,1\nb,y,2,extra\n", "catalog", 3, None, "expected 3 fields, found 4"),

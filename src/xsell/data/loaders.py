@@ -131,7 +131,10 @@ def _not_utf8(path: Path, data: bytes, exc: UnicodeDecodeError, header: list[str
     line = data[line_start : line_end if line_end >= 0 else len(data)]
     column = None
     if header is not None:
-        fields = next(csv.reader([line.decode("utf-8", "replace").rstrip("\r")]), [])
+        try:  # best effort: a stray "\r" or quote on that line only costs the column name
+            fields = next(csv.reader(io.StringIO(line.decode("utf-8", "replace"), newline="")), [])
+        except csv.Error:
+            fields = []
         bad = [j for j, f in enumerate(fields) if "\ufffd" in f]
         if bad and bad[0] < len(header):
             column = header[bad[0]]

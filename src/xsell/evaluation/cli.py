@@ -32,11 +32,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queries", type=_positive, default=20_000, help="per task (default 20000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--no-ablations", action="store_true", help="skip the ablation models (3 fewer trainings)"
+        "--no-ablations", action="store_true", help="skip the ablations (2 fewer bundles to train)"
     )
     p.add_argument("--no-model", action="store_true", help="baselines only (no training)")
     p.add_argument(
         "--strict", action="store_true", help="a bad input row is an error, not a dropped row"
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="processes answering the model's requests (default 1)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--out", required=True, type=Path, help="report directory")
@@ -59,6 +65,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         ablations=not args.no_ablations,
         progress=not args.quiet,
         model=not args.no_model,
+        workers=args.workers,
     )
     missed = [name for name, t in report.get("targets", {}).items() if not t["met"]]
     print(f"report: {args.out / 'report.md'}")

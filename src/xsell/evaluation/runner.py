@@ -171,10 +171,12 @@ def evaluate(
     ablations: bool = True,
     progress: bool = True,
     model: bool = True,
+    workers: int = 1,
 ) -> dict:
     """Run the protocol and write report.md, report.json, report.png (and the bundles) to
     `out_dir`. `config`: a `TrainConfig` for the model (default: TrainConfig with this
-    seed and label_days = valid_days). `model=False` scores the baselines only.
+    seed and label_days = valid_days). `model=False` scores the baselines only; `workers`
+    processes answer the model's requests (each loads the bundle; 1 = in this process).
     Returns the report as a dict (what report.json holds)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -263,8 +265,9 @@ def evaluate(
     candidate = {}
     bundles = {}
     if model:
-        from xsell.ranking.ranker import Ranker
         from xsell.ranking.train import TrainConfig, train_bundle
+
+        from .model import ModelClient, RankerSpec, candidate_recall, model_rankings
 
         cfg = config or TrainConfig(seed=seed, label_days=valid_days)
         train_ds = Dataset(train_events, dataset.catalog, dataset.users, dataset.report)
@@ -283,33 +286,40 @@ def evaluate(
             timings[f"train[{label}]"] = round(time.perf_counter() - t0, 2)
             log(f"  trained in {timings[f'train[{label}]']:.1f}s -> {path}")
         t = time.perf_counter()
-        rankers = {label: Ranker.load(p) for label, p in bundles.items()}
+        specs = {label: RankerSpec(str(p)) for label, p in bundles.items()}
         if ablations:
-            rankers["retrieval only"] = Ranker.load(bundles[MODEL], retrieval_only=True)
-        from .model import candidate_recall, model_rankings
-
-        for view in VIEWS:
-            qs = views[view]
-            if not len(qs):
-                continue
-            for label, ranker in rankers.items():
-                rankings[view][label] = model_rankings(
-                    ranker, qs, history, k=K, on_query=log.counter(f"{label} / {view}", len(qs))
+            specs["retrieval only"] = RankerSpec(str(bundles[MODEL]), retrieval_only=True)
+        with ModelClient(workers) as client:
+            for view in VIEWS:
+                qs = views[view]
+                if not len(qs):
+                    continue
+                for label, spec in specs.items():
+                    tick = log.counter(f"{label} / {view}", len(qs))
+                    rankings[view][label] = model_rankings(
+                        client, spec, qs, history, k=K, on_query=tick
+                    )
+                if view == "up_sell":
+                    tick = log.counter(f"{MODEL}{RESTRICTED} / {view}", len(qs))
+                    rankings[view][MODEL + RESTRICTED] = model_rankings(
+                        client,
+                        specs[MODEL],
+                        qs,
+                        history,
+                        k=K,
+                        uplift_min=UPSELL_MIN_UPLIFT,
+                        on_query=tick,
+                    )
+                tick = log.counter(f"candidates / {view}", len(qs))
+                rec, n_cand = candidate_recall(client, specs[MODEL], qs, history, on_query=tick)
+                candidate[view] = {
+                    "recall": M.mean_ci(rec).to_dict(),
+                    "mean_candidates": float(n_cand.mean()),
+                }
+                log(
+                    f"  candidate recall {view}: {candidate[view]['recall']['mean']:.3f} "
+                    f"({candidate[view]['mean_candidates']:.0f} candidates per query)"
                 )
-            if view == "up_sell":
-                rankings[view][MODEL + RESTRICTED] = model_rankings(
-                    rankers[MODEL], qs, history, k=K, uplift_min=UPSELL_MIN_UPLIFT,
-                    on_query=log.counter(f"{MODEL}{RESTRICTED} / {view}", len(qs)),
-                )  # fmt: skip
-            rec, n_cand = candidate_recall(
-                rankers[MODEL], qs, history, on_query=log.counter(f"candidates / {view}", len(qs))
-            )
-            candidate[view] = {
-                "recall": M.mean_ci(rec).to_dict(),
-                "mean_candidates": float(n_cand.mean()),
-            }
-            log(f"  candidate recall {view}: {candidate[view]['recall']['mean']:.3f} "
-                f"({candidate[view]['mean_candidates']:.0f} candidates per query)")  # fmt: skip
         t = timed("model_scoring", t)
 
     # --- metrics & report -------------------------------------------------------------------

@@ -1,0 +1,126 @@
+"""Soak test of `xsell serve` (issue 7): `--minutes` (10) of open-loop load at `--load`
+(70%) of the measured capacity. Reports errors (must be none), latency per minute, and
+server RSS growth after the warm-up (must stay under 5%).
+
+Same server set-up and load generator as bench_overload.py (one `xsell serve`
+subprocess on 127.0.0.1, pinned to CPU 0 with the generator on CPU 1 when there are
+two; Poisson arrivals, 2 s deadline per call). RSS = supervisor + workers, sampled
+every 5 s; growth = (RSS at the end - RSS after `--warmup` s) / RSS after warm-up.
+
+Usage:
+    python benchmarks/bench_soak.py --bundle DIR [--minutes 10] [--load 0.7] [--rate R] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_overload import (  # noqa: E402 - a sibling script, not a package
+    Sampler,
+    closed_loop,
+    loadavg,
+    make_requests,
+    open_loop,
+    pct,
+    start_server,
+)
+
+
+def run(args) -> dict:
+    cpus = sorted(os.sched_getaffinity(0))
+    split = len(cpus) >= 2 and not args.no_pin
+    if split:
+        os.sched_setaffinity(0, {cpus[-1]})
+    server = start_server(args.bundle, workers=args.workers, threads=args.threads, max_in_flight=None,
+                          cpus=set(cpus[: args.workers]) if split else None, log_path=Path(args.log))  # fmt: skip
+    payloads = make_requests(args.bundle, n=5000)
+    out: dict = {"workers": args.workers, "threads": args.threads, "minutes": args.minutes, "pinned": split}
+    try:
+        asyncio.run(open_loop(server.port, payloads, 20, 3.0))  # warm-up
+        if args.rate:
+            capacity = args.rate / args.load
+        else:
+            la = loadavg()
+            cap = asyncio.run(closed_loop(server.port, payloads, args.callers, 10.0))
+            capacity = cap.codes().get("OK", 0) / 10.0
+            out["capacity"] = {"ok_per_s": capacity, "callers": args.callers, "load_avg": la}
+        rate = args.load * capacity
+        print(f"capacity {capacity:.0f} OK/s -> soak at {rate:.0f}/s for {args.minutes} min", flush=True)
+        sampler = Sampler(server, 5.0, health=False)
+        sampler.start()
+        loads = []
+
+        async def soak():
+            # one open loop per minute, back to back, so progress and load average show per minute
+            results = []
+            for minute in range(int(args.minutes)):
+                loads.append(loadavg())
+                calls = await open_loop(server.port, payloads, rate, 60.0, seed=100 + minute)
+                ok = calls.ok_latencies()
+                results.append(calls)
+                print(f"minute {minute + 1:2d}: {len(calls.code)} calls {calls.codes()} p50 {pct(ok, 50):.1f} "
+                      f"p99 {pct(ok, 99):.1f} ms, RSS {server.rss_mib():.1f} MiB, load avg {loads[-1]:.1f}",
+                      flush=True)  # fmt: skip
+            return results
+
+        minutes = asyncio.run(soak())
+        sampler.stop()
+        codes: dict[str, int] = {}
+        for calls in minutes:
+            for c, n in calls.codes().items():
+                codes[c] = codes.get(c, 0) + n
+        t = np.array([s for s, _ in sampler.rss])
+        rss = np.array([r for _, r in sampler.rss])
+        after = rss[t >= args.warmup]
+        slope = float(np.polyfit(t[t >= args.warmup] / 60, after, 1)[0]) if len(after) > 2 else float("nan")
+        all_ok = np.concatenate([c.ok_latencies() for c in minutes])
+        out.update({
+            "rate": rate, "load": args.load, "calls": sum(codes.values()), "codes": codes,
+            "errors": sum(n for c, n in codes.items() if c != "OK"),
+            "p50_ms": pct(all_ok, 50), "p99_ms": pct(all_ok, 99),
+            "per_minute": [{"p50_ms": pct(c.ok_latencies(), 50), "p99_ms": pct(c.ok_latencies(), 99),
+                            "codes": c.codes(), "load_avg": la} for c, la in zip(minutes, loads)],
+            "rss_start_mib": float(rss[0]), "rss_after_warmup_mib": float(after[0]),
+            "rss_end_mib": float(rss[-1]), "rss_max_after_warmup_mib": float(after.max()),
+            "rss_growth_after_warmup": float((rss[-1] - after[0]) / after[0]),
+            "rss_slope_mib_per_min": slope, "warmup_s": args.warmup,
+        })  # fmt: skip
+        print(f"soak: {out['calls']} calls, errors {out['errors']} {codes}, p50 {out['p50_ms']:.1f} p99 "
+              f"{out['p99_ms']:.1f} ms; RSS {out['rss_start_mib']:.1f} -> {out['rss_after_warmup_mib']:.1f} "
+              f"(after {args.warmup:.0f}s warm-up) -> {out['rss_end_mib']:.1f} MiB: growth "
+              f"{out['rss_growth_after_warmup']:+.2%}, slope {slope:+.2f} MiB/min", flush=True)  # fmt: skip
+    finally:
+        out["server_exit"] = server.stop()
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--callers", type=int, default=4, help="closed-loop callers measuring capacity")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--load", type=float, default=0.7, help="share of the measured capacity")
+    p.add_argument("--rate", type=float, default=None, help="calls/s instead of measuring capacity")
+    p.add_argument("--warmup", type=float, default=60.0, help="seconds before RSS growth is counted")
+    p.add_argument("--no-pin", action="store_true")
+    p.add_argument("--log", default="/tmp/xsell-bench-soak.log")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    out = run(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0 if out.get("errors", 1) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
