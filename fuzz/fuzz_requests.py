@@ -182,6 +182,7 @@ def grpc_target(bundle: Path):
                 raise Expected("RESOURCE_EXHAUSTED (too large)") from None
             raise AssertionError(f"{code.name}: {exc.details()}") from None
 
+    target.server = server  # keep it referenced: a collected grpc.Server stops serving
     return target, items
 
 

@@ -196,9 +196,12 @@ def _interleave(lists: list[np.ndarray]) -> np.ndarray:
     return flat[flat >= 0]
 
 
-def cap(c: Candidates, n: int) -> Candidates:
-    """Keep the n best by fused retrieval score (stable for ties)."""
+def cap(c: Candidates, n: int, *, always: np.uint8 = SOURCE_BIT["history"]) -> Candidates:
+    """Keep the n best by fused retrieval score (stable for ties), plus every candidate
+    from an `always` source: the shopper's own purchases are the strongest single
+    signal on real data, and fusion would rank a rarely bought one below the cut."""
     if len(c) <= n:
         return c
-    keep = np.argsort(-c.score, kind="stable")[:n]
-    return c.take(np.sort(keep))
+    best = np.zeros(len(c), dtype=bool)
+    best[np.argsort(-c.score, kind="stable")[:n]] = True
+    return c.take(best | ((c.sources & always) > 0))

@@ -119,16 +119,21 @@ class Ticket:
 class Admission:
     """The in-flight bounds (admitted calls) and the work slots (calls running).
 
-    Two bounds, chosen by whether a queue is standing (after "adaptive controlled
-    delay", Facebook's "Fail at Scale", 2015). A server where some arriving call found
-    no queue and a free work slot within the last `standing_after` (250 ms) is busy but
-    healthy: it holds up to `max_in_flight` calls, so bursts are queued, not refused.
-    Once no arrival has found it idle for that long, the queue is standing (overload):
-    it holds at most `overload_in_flight` (2 x threads) calls, the excess is answered
-    RESOURCE_EXHAUSTED at once by the cheap refusal path, and what it accepts waits
-    behind a few calls only. It leaves that state at the first arrival that finds the
-    queue empty and a slot free. A queued call waits for a slot until its deadline.
+    Two bounds, chosen by whether the server is overloaded, after "adaptive controlled
+    delay" (Facebook, "Fail at Scale", 2015). Normally it holds up to `max_in_flight`
+    calls, so the bursts of a busy but healthy server are queued, not refused. When no
+    arriving call has found the server idle (no queue, a free slot) for `standing_after`
+    (250 ms), a queue is standing: overload. Then it holds at most `overload_in_flight`
+    (2 x threads) calls; the excess is answered RESOURCE_EXHAUSTED at once by the cheap
+    refusal path, and what it accepts waits behind a few calls only. It leaves that
+    state when idle arrivals are common again (an average over the last ~50 arrivals,
+    refused ones included, above 20%): a single lucky arrival during an overload must
+    not reopen the gates to a backlog that gRPC core holds. A queued call waits for a
+    slot until its deadline.
     """
+
+    EXIT_IDLE_SHARE = 0.2
+    _DECAY = 0.98  # per arrival: an average over ~50 arrivals
 
     def __init__(
         self,
@@ -147,20 +152,31 @@ class Admission:
         self._held = 0
         self._waiting = 0
         self._last_idle = time.monotonic()  # last arrival that found no queue and a free slot
+        self._idle_share = 1.0  # moving average of "this arrival found the server idle"
+        self.overloaded = False
         self.slots = threading.Semaphore(threads)  # FIFO: waiters wake in arrival order
 
     @property
     def held(self) -> int:
         return self._held
 
-    def standing(self, now: float | None = None) -> bool:
-        """True while no arriving call has found the server idle for `standing_after` s."""
-        return (now if now is not None else time.monotonic()) - self._last_idle > self.standing_after
+    def _arrival(self, idle: bool, now: float) -> None:
+        """Update the overload state for one arrival (call with the lock held)."""
+        self._idle_share = self._idle_share * self._DECAY + (1 - self._DECAY) * idle
+        if idle:
+            self._last_idle = now
+        if self.overloaded:
+            if self._idle_share > self.EXIT_IDLE_SHARE:
+                self.overloaded = False
+        elif now - self._last_idle > self.standing_after:
+            self.overloaded = True
+            self._idle_share = 0.0  # no idle arrival for standing_after: start from there
 
     def try_acquire(self) -> Ticket | None:
         with self._lock:
-            bound = self.overload_in_flight if self.standing() else self.max_in_flight
+            bound = self.overload_in_flight if self.overloaded else self.max_in_flight
             if self._held >= bound:
+                self._arrival(False, time.monotonic())  # refused: certainly not idle
                 return None
             self._held += 1
         return Ticket(self)
@@ -172,8 +188,10 @@ class Admission:
     def take_slot(self, context: grpc.ServicerContext) -> None:
         """Wait for a work slot; raise DeadlineExpired when the caller's deadline comes first."""
         with self._lock:
-            if self._waiting == 0 and self.slots.acquire(blocking=False):
-                self._last_idle = time.monotonic()
+            now = time.monotonic()
+            idle = self._waiting == 0 and self.slots.acquire(blocking=False)
+            self._arrival(idle, now)
+            if idle:
                 return
             self._waiting += 1
         remaining = context.time_remaining()

@@ -220,8 +220,9 @@ async def _client(
 
     await asyncio.sleep(max(0.0, start - loop.time()))
     if closed:
+        # caller k keeps to connection k: its calls always reach the same worker process
         await closed_loop(
-            callers, w1, lambda j, due: one(calls[j % len(calls)], seq[j % len(seq)], due)
+            callers, w1, lambda k, j, due: one(calls[k % len(calls)], seq[j % len(seq)], due)
         )
     else:
         offsets = arrival_offsets(
@@ -245,18 +246,22 @@ async def _client(
 # ------------------------------------------------------------------ the two drivers
 
 Fire = Callable[[int, float], Awaitable[None]]  # (call number, due time) -> one call, recorded
+CallerFire = Callable[[int, int, float], Awaitable[None]]  # (caller, call number, due time)
 
 
-async def closed_loop(callers: int, until: float, fire: Fire) -> None:
+async def closed_loop(callers: int, until: float, fire: CallerFire) -> None:
     """`callers` coroutines, each sending its next call as soon as the last one returned,
-    until the loop clock passes `until`. Call numbers are spread so callers start at
+    until the loop clock passes `until`. `fire(k, j, due)` gets the caller k (so a caller
+    can keep to one connection, as h2load's clients do: which worker process serves a
+    connection is fixed, so callers that hopped between connections would pile onto one
+    worker at random moments) and a call number j, spread so that callers start at
     different requests of the mix."""
     loop = asyncio.get_running_loop()
 
     async def caller(k: int) -> None:
         j = k * 7919
         while loop.time() < until:
-            await fire(j, loop.time())
+            await fire(k, j, loop.time())
             j += 1
 
     await asyncio.gather(*(caller(k) for k in range(callers)))

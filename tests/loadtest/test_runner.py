@@ -90,11 +90,13 @@ def test_open_loop_driver_drops_beyond_the_outstanding_limit():
 
 def test_closed_loop_driver_keeps_callers_busy():
     in_flight, peak = 0, 0
+    calls: dict[int, list[int]] = {}
 
-    async def fire(j, due):
+    async def fire(k, j, due):
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
+        calls.setdefault(k, []).append(j)
         await asyncio.sleep(0.005)
         in_flight -= 1
 
@@ -103,7 +105,11 @@ def test_closed_loop_driver_keeps_callers_busy():
         await closed_loop(4, loop.time() + 0.1, fire)
 
     asyncio.run(main())
-    assert peak == 4
+    assert peak == 4  # never more than the callers, and all of them busy
+    assert sorted(calls) == [0, 1, 2, 3]
+    for js in calls.values():  # each caller walks the mix from its own start
+        assert js == list(range(js[0], js[0] + len(js))) and len(js) >= 5
+    assert len({js[0] for js in calls.values()}) == 4
 
 
 def test_open_loop_over_grpc_counts_server_queueing(slow_server):

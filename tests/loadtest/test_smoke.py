@@ -99,8 +99,9 @@ def test_requests_command_then_closed_loop_run(served, bundle_dir, tmp_path):
     srv = rep["server"]
     assert set(srv["stages"]) == {"retrieval", "features", "model", "rules"}
     assert set(srv["requests"]["Recommend"]) == {"OK"}
-    # scrapes at the window edges: calls in flight there may fall on either side
-    assert abs(srv["requests"]["Recommend"]["OK"] - rep["calls"]) <= 2 * 4
+    # scrapes at the window edges take some ms, and calls that end meanwhile fall on either
+    # side; the warm-up (0.5 s of 2.5) is left out: counting it would be ~25% off
+    assert abs(srv["requests"]["Recommend"]["OK"] - rep["calls"]) <= max(8, 0.05 * rep["calls"])
     assert {p["pid"] for p in srv["processes"]} >= {served["pid"], *served["workers"]}
     assert all(p["rss_end_mib"] > 10 for p in srv["processes"] if p["pid"] in served["workers"])
     assert len(rep["timeline"]) == 2

@@ -148,6 +148,7 @@ def test_corrupt_bundles_are_refused_while_traffic_flows(make_server, ranker, kn
     assert len(refused) == len(SPOILERS) and all(ranker.version in line for line in refused)
 
 
+@pytest.mark.slow  # two spawned workers and a restart: 15-30 s on a quiet 2-core host
 def test_kill_9_of_one_worker_under_load(serve_cli, bundle_dir, known_items):
     proc = serve_cli(bundle_dir, "--workers", "2", "--no-access-log")
     stop = threading.Event()
@@ -193,7 +194,8 @@ def test_kill_9_of_one_worker_under_load(serve_cli, bundle_dir, known_items):
                 return False
             return bool(seen_pids - set(proc.pids))
 
-        assert wait_until(replaced, timeout=40, interval=0.1), proc.log()[-3000:]
+        # a spawned worker imports and loads in a few seconds, much longer on a busy host
+        assert wait_until(replaced, timeout=90, interval=0.1), proc.log()[-3000:]
         restart_seconds = time.monotonic() - killed_at
         ok_after_restart = codes["OK"]
         assert wait_until(lambda: codes["OK"] >= ok_after_restart + 100, timeout=20)
@@ -201,12 +203,13 @@ def test_kill_9_of_one_worker_under_load(serve_cli, bundle_dir, known_items):
         stop.set()
         for t in threads:
             t.join(30)
-    lost = sum(n for code, n in codes.items() if code != "OK")
-    print(f"\nkill -9 of 1 of 2 workers under {callers} callers: {codes['OK']} ok, {lost} failed "
+    lost = codes["UNAVAILABLE"]
+    print(f"\nkill -9 of 1 of 2 workers under {callers} callers: {codes['OK']} ok, {lost} lost "
           f"({dict(codes)}), replacement serving after {restart_seconds:.1f}s")  # fmt: skip
-    # Only calls in flight on the dead worker may fail: at most one per caller.
+    # Only calls in flight on the dead worker may fail: at most one per caller. The
+    # survivor, serving everyone alone meanwhile, may shed (RESOURCE_EXHAUSTED: "retry").
     assert lost <= callers, dict(codes)
-    assert set(codes) <= {"OK", "UNAVAILABLE"}, dict(codes)
+    assert set(codes) <= {"OK", "UNAVAILABLE", "RESOURCE_EXHAUSTED"}, dict(codes)
     assert "died" in proc.log()
 
 
@@ -235,6 +238,7 @@ def _never_loadable_unless_complete(path: Path) -> str:
     return "complete"
 
 
+@pytest.mark.slow  # a real `xsell train` run (~10 s)
 def test_training_killed_half_way_leaves_no_loadable_half_bundle(tmp_path, synthetic_dir):
     out = tmp_path / "bundles" / "trained"
     proc = subprocess.Popen(_train_cmd(synthetic_dir, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -256,6 +260,7 @@ def test_training_killed_half_way_leaves_no_loadable_half_bundle(tmp_path, synth
         assert _never_loadable_unless_complete(tmp) == "refused", sorted(p.name for p in tmp.iterdir())
 
 
+@pytest.mark.slow  # a real `xsell train` run (~10 s)
 def test_disk_full_half_way_leaves_nothing_behind(tmp_path, synthetic_dir):
     out = tmp_path / "bundles" / "trained"
 

@@ -169,3 +169,25 @@ def test_any_bytes_load_or_give_a_data_error(tmp_path_factory, suffix):
 
     run()
     assert outcomes["error"] > 0
+
+
+# Found by fuzz/fuzz_loaders.py (atheris): corrupt Parquet files that pyarrow reads
+# without complaint and that then failed deep inside pyarrow compute or its schema.
+
+
+def test_parquet_text_that_is_not_utf8_names_row_and_column(tmp_path):
+    raw = pa.array([b"u1", b"u\xff2", b"u3"], pa.binary()).view(pa.string())  # unvalidated
+    path = tmp_path / "users.parquet"
+    pq.write_table(pa.table({"user_id": ["a", "b", "c"], "segment": raw}), path)
+    err = data_error("users", path)
+    assert (err.row, err.column) == (2, "segment"), str(err)
+
+
+def test_parquet_column_name_that_is_not_utf8_is_a_data_error(tmp_path):
+    path = tmp_path / "users.parquet"
+    pq.write_table(pa.table({"user_id": ["a"], "segmentXX": ["x"]}), path, store_schema=False)
+    data = path.read_bytes()
+    assert b"segmentXX" in data
+    path.write_bytes(data.replace(b"segmentXX", b"segment\x93\x94"))
+    err = data_error("users", path)
+    assert "cannot read Parquet file" in str(err)

@@ -192,12 +192,16 @@ def _read(path: str | Path) -> _Raw:
     if fmt == "parquet":
         try:
             table = pq.read_table(path)
+            names = table.column_names
+            meta = table.schema.pandas_metadata or {}
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"cannot read Parquet file: {exc}", file=str(path)) from exc
-        names = table.column_names
+        except (UnicodeDecodeError, ValueError) as exc:  # a corrupt schema (e.g. a name not UTF-8)
+            raise DataError(f"cannot read Parquet file: corrupt schema ({exc})", file=str(path)) from exc
         _check_unique_names(names, path)
+        for i, name in enumerate(names):
+            _check_valid(table.column(i), name, path)
         # A pandas index saved with the frame is not data: leave it out.
-        meta = table.schema.pandas_metadata or {}
         index_cols = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
         names = [n for n in names if n not in index_cols]
         return _Raw(
@@ -249,6 +253,24 @@ def _read(path: str | Path) -> _Raw:
         rows = np.setdiff1d(rows, np.asarray(bad_rows), assume_unique=True)[: table.num_rows]
     malformed = [(r, m) for r, (_, m) in zip(bad_rows, bad, strict=True)]
     return _Raw(str(path), fmt, {n: table.column(n) for n in table.column_names}, rows, malformed)
+
+
+def _check_valid(col: pa.ChunkedArray, name: str, path: Path) -> None:
+    """Parquet text columns are not checked for UTF-8 when read (found by fuzz/fuzz_loaders.py:
+    a corrupt file then failed deep inside pyarrow compute): check them once here."""
+    try:
+        col.validate(full=True)
+    except pa.ArrowInvalid as exc:
+        row = None
+        if _is_textual(col) and not pa.types.is_dictionary(col.type):
+            values = pc.cast(col, pa.large_binary()).to_pylist()
+            for i, value in enumerate(values):
+                try:
+                    value is None or value.decode("utf-8")
+                except UnicodeDecodeError:
+                    row = i + 1  # Parquet rows count from 1
+                    break
+        raise DataError(f"invalid values in a Parquet column ({exc})", file=str(path), row=row, column=name) from None
 
 
 def _check_unique_names(names: list[str], path: Path) -> None:

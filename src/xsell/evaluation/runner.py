@@ -278,11 +278,17 @@ def evaluate(
                     variants[label] = replace(
                         cfg, disabled_feature_groups=tuple(cfg.disabled_feature_groups) + groups
                     )
+
+        def train_log(*parts: object) -> None:
+            message = " ".join(str(p) for p in parts).strip()
+            if message:
+                log(f"    train: {message}")
+
         for label, vcfg in variants.items():
             t0 = time.perf_counter()
             path = out / "bundles" / label.replace(" ", "_")
             log(f"training bundle '{label}' on {len(train_events):,} pre-test events")
-            bundles[label] = train_bundle(train_ds, path, vcfg, overwrite=True, log=lambda *_: None)
+            bundles[label] = train_bundle(train_ds, path, vcfg, overwrite=True, log=train_log)
             timings[f"train[{label}]"] = round(time.perf_counter() - t0, 2)
             log(f"  trained in {timings[f'train[{label}]']:.1f}s -> {path}")
         t = time.perf_counter()
