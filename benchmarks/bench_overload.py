@@ -92,7 +92,7 @@ def start_server(bundle: str, *, workers: int, threads: int, max_in_flight: int 
             os.sched_setaffinity(0, cpus)
 
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, preexec_fn=pin,
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, preexec_fn=pin,  # noqa: PLW1509
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     line = proc.stdout.readline().decode()
     match = READY.search(line)
@@ -115,7 +115,9 @@ def make_requests(bundle: str, n: int = 2000, seed: int = 0) -> list[bytes]:
     out = []
     for _ in range(n):
         cart = [pb.CartLine(item_id=rng.choice(items)) for _ in range(rng.randint(1, 3))]
-        out.append(pb.RecommendRequest(user_id=rng.choice(users), cart=cart, limit=10).SerializeToString())
+        out.append(
+            pb.RecommendRequest(user_id=rng.choice(users), cart=cart, limit=10).SerializeToString()
+        )
     return out
 
 
@@ -175,7 +177,9 @@ async def open_loop(port: int, payloads: list[bytes], rate: float, seconds: floa
         delay = t0 + t - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        task = asyncio.create_task(_one(stubs[i % channels], payloads[i % len(payloads)], calls, t0, t))
+        task = asyncio.create_task(
+            _one(stubs[i % channels], payloads[i % len(payloads)], calls, t0, t)
+        )
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         i += 1
@@ -297,7 +301,10 @@ def run(args) -> dict:
         capacity = cap.codes().get("OK", 0) / 10.0
         out["capacity"] = {"ok_per_s": capacity, "callers": args.callers, "codes": cap.codes(),
                            "p99_ms": pct(cap.ok_latencies(), 99), "load_avg": la}  # fmt: skip
-        print(f"capacity   {capacity:.0f} OK/s with {args.callers} closed-loop callers (load avg {la:.1f})", flush=True)
+        print(
+            f"capacity   {capacity:.0f} OK/s with {args.callers} closed-loop callers (load avg {la:.1f})",
+            flush=True,
+        )
 
         rate = args.factor * capacity
         rss_before = server.rss_mib()
@@ -342,16 +349,21 @@ def run(args) -> dict:
               f"{o['rss_max_mib']:.0f} MiB, health {o['health']['codes']} p99 {o['health']['p99_ms']:.1f} ms "
               f"(load avg {o['load_avg_start']:.1f} -> {o['load_avg_end']:.1f})", flush=True)  # fmt: skip
         r = out["recovery"]
-        print(f"recovery   {r['seconds']:.1f} s until every 0.5 s bin of probes is OK with median < "
-              f"{r['median_threshold_ms']:.1f} ms; probes {r['probe_codes']}, first-second p50 "
-              f"{r['first_second_p50_ms']:.1f} ms, p99 {r['probe_p99_ms']:.1f} ms", flush=True)
+        print(
+            f"recovery   {r['seconds']:.1f} s until every 0.5 s bin of probes is OK with median < "
+            f"{r['median_threshold_ms']:.1f} ms; probes {r['probe_codes']}, first-second p50 "
+            f"{r['first_second_p50_ms']:.1f} ms, p99 {r['probe_p99_ms']:.1f} ms",
+            flush=True,
+        )
     finally:
         out["server_exit"] = server.stop()
     return out
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--bundle", required=True)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
@@ -360,7 +372,9 @@ def main() -> int:
     p.add_argument("--factor", type=float, default=5.0, help="overload rate / capacity")
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--probe-rate", type=float, default=20.0)
-    p.add_argument("--no-pin", action="store_true", help="do not split the CPUs between server and generator")
+    p.add_argument(
+        "--no-pin", action="store_true", help="do not split the CPUs between server and generator"
+    )
     p.add_argument("--log", default="/tmp/xsell-bench-overload.log", help="server stderr")
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args()

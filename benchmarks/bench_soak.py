@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_overload import (  # noqa: E402 - a sibling script, not a package
+from bench_overload import (
     Sampler,
     closed_loop,
     loadavg,
@@ -42,7 +42,12 @@ def run(args) -> dict:
     server = start_server(args.bundle, workers=args.workers, threads=args.threads, max_in_flight=None,
                           cpus=set(cpus[: args.workers]) if split else None, log_path=Path(args.log))  # fmt: skip
     payloads = make_requests(args.bundle, n=5000)
-    out: dict = {"workers": args.workers, "threads": args.threads, "minutes": args.minutes, "pinned": split}
+    out: dict = {
+        "workers": args.workers,
+        "threads": args.threads,
+        "minutes": args.minutes,
+        "pinned": split,
+    }
     try:
         asyncio.run(open_loop(server.port, payloads, 20, 3.0))  # warm-up
         if args.rate:
@@ -53,7 +58,10 @@ def run(args) -> dict:
             capacity = cap.codes().get("OK", 0) / 10.0
             out["capacity"] = {"ok_per_s": capacity, "callers": args.callers, "load_avg": la}
         rate = args.load * capacity
-        print(f"capacity {capacity:.0f} OK/s -> soak at {rate:.0f}/s for {args.minutes} min", flush=True)
+        print(
+            f"capacity {capacity:.0f} OK/s -> soak at {rate:.0f}/s for {args.minutes} min",
+            flush=True,
+        )
         sampler = Sampler(server, 5.0, health=False)
         sampler.start()
         loads = []
@@ -80,7 +88,11 @@ def run(args) -> dict:
         t = np.array([s for s, _ in sampler.rss])
         rss = np.array([r for _, r in sampler.rss])
         after = rss[t >= args.warmup]
-        slope = float(np.polyfit(t[t >= args.warmup] / 60, after, 1)[0]) if len(after) > 2 else float("nan")
+        slope = (
+            float(np.polyfit(t[t >= args.warmup] / 60, after, 1)[0])
+            if len(after) > 2
+            else float("nan")
+        )
         all_ok = np.concatenate([c.ok_latencies() for c in minutes])
         out.update({
             "rate": rate, "load": args.load, "calls": sum(codes.values()), "codes": codes,
@@ -103,7 +115,9 @@ def run(args) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--bundle", required=True)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
@@ -111,7 +125,9 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--load", type=float, default=0.7, help="share of the measured capacity")
     p.add_argument("--rate", type=float, default=None, help="calls/s instead of measuring capacity")
-    p.add_argument("--warmup", type=float, default=60.0, help="seconds before RSS growth is counted")
+    p.add_argument(
+        "--warmup", type=float, default=60.0, help="seconds before RSS growth is counted"
+    )
     p.add_argument("--no-pin", action="store_true")
     p.add_argument("--log", default="/tmp/xsell-bench-soak.log")
     p.add_argument("--json", default=None)

@@ -62,7 +62,9 @@ class Run:
         path.write_bytes(data)
         path.with_suffix(".txt").write_text("".join(tb))
         self.findings[signature] = str(path)
-        print(f"\n[{self.name}] FINDING {signature}: {exc!r} -> {path}", file=sys.stderr, flush=True)
+        print(
+            f"\n[{self.name}] FINDING {signature}: {exc!r} -> {path}", file=sys.stderr, flush=True
+        )
         self.write()
 
     def write(self) -> None:
@@ -93,7 +95,9 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
             j = rng.randrange(len(b))
             b[i:i] = b[j : j + rng.randint(1, 64)]  # duplicate a chunk
         elif op == 4:
-            b[i:i] = rng.choice([b"\x00", b"\xff", b"\x7f", b"\x80", b"\xff\xff\xff\xff\x0f", b"\n", b",", b'"'])
+            b[i:i] = rng.choice(
+                [b"\x00", b"\xff", b"\x7f", b"\x80", b"\xff\xff\xff\xff\x0f", b"\n", b",", b'"']
+            )
         elif op == 5 and b:
             del b[i:]
         elif op == 6 and b:
@@ -105,20 +109,24 @@ def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--minutes", type=float, default=5.0, help="how long to fuzz (default 5)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("fuzz-out"), help="findings and summary go here")
+    p.add_argument(
+        "--out", type=Path, default=Path("fuzz-out"), help="findings and summary go here"
+    )
     p.add_argument("--engine", choices=["auto", "atheris", "random"], default="auto")
     if extra is not None:
         extra(p)
     return p.parse_args()
 
 
-def fuzz(run: Run, target: Callable[[bytes], str], corpus: list[bytes], engine: str = "auto") -> None:
+def fuzz(
+    run: Run, target: Callable[[bytes], str], corpus: list[bytes], engine: str = "auto"
+) -> None:
     """Run `target(data) -> outcome` until the time is up; exceptions other than
     `Expected` are findings. `corpus`: seed inputs (valid ones help both engines)."""
     use_atheris = engine == "atheris"
     if engine == "auto":
         try:
-            import atheris  # noqa: F401
+            import atheris
 
             use_atheris = True
         except ImportError:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Expected, Run, env_quiet, fuzz, parse_args  # noqa: E402
+from _harness import Expected, Run, env_quiet, fuzz, parse_args
 
 TABLES = {
     "catalog": "item_id,category,price,cost,brand,in_stock\na,x/y,1.5,1.0,acme,true\nb,z,2,,,no\n",

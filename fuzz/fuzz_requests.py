@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Expected, Run, env_quiet, fuzz, parse_args  # noqa: E402
+from _harness import Expected, Run, env_quiet, fuzz, parse_args
 
 FIELD = re.compile(
     r"^(request|user_id|cart|cart\[\d+\]\.(item_id|quantity)|strategy|limit|cross_sell_limit|up_sell_limit"
@@ -42,11 +42,12 @@ def ensure_bundle(out: Path, given: str | None) -> Path:
     bundle = out / "bundle"
     if (bundle / "manifest.json").is_file():
         return bundle
-    from xsell.data.loaders import load_dataset
-    from xsell.data.synthetic import generate
     from xsell.ranking.model import ModelConfig
     from xsell.ranking.train import TrainConfig, train_bundle
     from xsell.retrieval.artifacts import RetrievalConfig
+
+    from xsell.data.loaders import load_dataset
+    from xsell.data.synthetic import generate
 
     data = out / "data"
     generate(data, n_users=600, n_items=300, n_categories=20, days=60, seed=7, fmt="csv")
@@ -97,13 +98,21 @@ def structured(data: bytes, items: list[str]):
     from xsell.v1 import xsell_pb2 as pb
 
     p = Provider(data, items)
-    req = pb.RecommendRequest(user_id=p.text(), variant=p.text(), request_id=p.text(), explain=bool(p.byte() % 2))
+    req = pb.RecommendRequest(
+        user_id=p.text(), variant=p.text(), request_id=p.text(), explain=bool(p.byte() % 2)
+    )
     for _ in range(p.size(6)):
         req.cart.add(item_id=p.text(), quantity=p.number() if p.byte() % 3 == 0 else 0.0)
     # zero bytes (short inputs) give valid values; other bytes reach the edges
-    req.strategy = [0, 1, 2, 3, 4, -1, 2**31 - 1][p.byte() % 7] if p.byte() % 4 != 3 else p.uint(4) - 2**31
+    req.strategy = (
+        [0, 1, 2, 3, 4, -1, 2**31 - 1][p.byte() % 7] if p.byte() % 4 != 3 else p.uint(4) - 2**31
+    )
     for name in ("limit", "cross_sell_limit", "up_sell_limit"):
-        setattr(req, name, [0, 1, 10, 100, 101, 2**32 - 1][p.byte() % 6] if p.byte() % 4 != 3 else p.uint(4))
+        setattr(
+            req,
+            name,
+            [0, 1, 10, 100, 101, 2**32 - 1][p.byte() % 6] if p.byte() % 4 != 3 else p.uint(4),
+        )
     f = req.filters
     for name in ("exclude_item_ids", "allowed_categories", "denied_categories"):
         n = p.size(4)
@@ -118,10 +127,10 @@ def structured(data: bytes, items: list[str]):
 
 def core_target(bundle: Path):
     from google.protobuf.message import DecodeError
-
-    from xsell.errors import InvalidRequest
     from xsell.ranking.ranker import Ranker
     from xsell.server import convert
+
+    from xsell.errors import InvalidRequest
     from xsell.v1 import xsell_pb2 as pb
 
     ranker = Ranker.load(bundle)
@@ -139,16 +148,22 @@ def core_target(bundle: Path):
             request = convert.request_from_pb(msg)
         except InvalidRequest as exc:
             if not FIELD.match(exc.field):
-                raise AssertionError(f"InvalidRequest names an unknown field {exc.field!r}") from exc
+                raise AssertionError(
+                    f"InvalidRequest names an unknown field {exc.field!r}"
+                ) from exc
             raise Expected(f"invalid {exc.field.split('[')[0]}") from None
         result = ranker.rank(request)
         n_cross, n_up = request.limits()
         if len(result.cross_sell) > n_cross or len(result.up_sell) > n_up:
-            raise AssertionError(f"more items than asked: {len(result.cross_sell)}/{n_cross}, {len(result.up_sell)}/{n_up}")
+            raise AssertionError(
+                f"more items than asked: {len(result.cross_sell)}/{n_cross}, {len(result.up_sell)}/{n_up}"
+            )
         returned = {i.item_id for i in result.cross_sell} | {i.item_id for i in result.up_sell}
         if returned & set(request.filters.exclude_item_ids):
             raise AssertionError("an excluded item was returned")
-        convert.response_to_pb(result, request_id=msg.request_id, variant=msg.variant).SerializeToString()
+        convert.response_to_pb(
+            result, request_id=msg.request_id, variant=msg.variant
+        ).SerializeToString()
         return "ok fallback" if result.fallback else "ok"
 
     return target, items
@@ -156,7 +171,6 @@ def core_target(bundle: Path):
 
 def grpc_target(bundle: Path):
     import grpc
-
     from xsell.ranking.ranker import Ranker
     from xsell.server.app import create_server
     from xsell.server.errors import FIELD_METADATA_KEY
@@ -165,11 +179,15 @@ def grpc_target(bundle: Path):
     items = list(map(str, ranker.arts.items.ids[:50]))
     server, port = create_server(ranker, access_log=False)
     server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)])
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
+    )
     call = channel.unary_unary("/xsell.v1.RecommendService/Recommend")
 
     def target(data: bytes) -> str:
-        payload = data[1:] if data[:1] == b"\x00" else structured(data[1:], items).SerializeToString()
+        payload = (
+            data[1:] if data[:1] == b"\x00" else structured(data[1:], items).SerializeToString()
+        )
         try:
             call(payload, timeout=30)
             return "OK"

@@ -23,6 +23,8 @@ from xsell.errors import BundleError
 FORMAT = "xsell-bundle/1"
 MANIFEST = "manifest.json"
 MODEL_FILES = {"cross_sell": "model_cross_sell.txt", "up_sell": "model_up_sell.txt"}
+# optional lleaves-compiled twins (+ ".json" sidecars), written when lleaves is installed
+COMPILED_FILES = {"cross_sell": "model_cross_sell.so", "up_sell": "model_up_sell.so"}
 
 
 def sha256_file(path: Path) -> str:

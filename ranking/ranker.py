@@ -19,7 +19,8 @@ from xsell.retrieval.artifacts import Artifacts
 from xsell.retrieval.candidates import SOURCE_BIT, CandidateConfig, Candidates, history_items
 
 from . import model as lgbm
-from .bundle import MODEL_FILES, read_manifest
+from .bundle import COMPILED_FILES, MODEL_FILES, read_manifest
+from .compiled import load_predictor
 from .explain import top_reasons
 from .features import PairBatch, check_feature_names, feature_matrix
 from .query import retrieve
@@ -31,7 +32,8 @@ HISTORY_ANCHORS = 3  # recent purchases used as anchors when the cart gives none
 
 
 class Ranker:
-    def __init__(self, bundle_dir: Path, manifest: dict, arts: Artifacts, boosters: dict, *, retrieval_only=False):
+    def __init__(self, bundle_dir: Path, manifest: dict, arts: Artifacts, boosters: dict, *, retrieval_only=False,
+                 predictors: dict | None = None):
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest
         self.version: str = manifest["version"]
@@ -39,6 +41,8 @@ class Ranker:
         self.feature_names: list[str] = list(manifest["feature_names"])
         self.features = check_feature_names(self.feature_names)
         self.boosters: dict[Strategy, lgb.Booster] = boosters
+        # scoring: the lleaves-compiled model where the bundle has a usable one, else LightGBM
+        self.predictors = predictors or {s: (lambda x, b=b: lgbm.predict(b, x)) for s, b in boosters.items()}
         self.candidate_config = CandidateConfig(**manifest.get("candidate_config", {}))
         self.retrieval_only = retrieval_only
 
@@ -70,7 +74,14 @@ class Ranker:
                     path=str(path),
                 )
             boosters[strategy] = booster
-        return cls(bundle_dir, manifest, arts, boosters, retrieval_only=retrieval_only)
+        predictors = {}
+        for strategy, booster in boosters.items():
+            compiled = bundle_dir / COMPILED_FILES[strategy.value]
+            if compiled.is_file():
+                predictors[strategy] = load_predictor(bundle_dir / MODEL_FILES[strategy.value], compiled)
+            else:
+                predictors[strategy] = lambda x, b=booster: lgbm.predict(b, x)
+        return cls(bundle_dir, manifest, arts, boosters, retrieval_only=retrieval_only, predictors=predictors)
 
     def info(self) -> dict:
         m = self.manifest
@@ -175,7 +186,7 @@ class Ranker:
             x = feature_matrix(batch, self.features)
             t2 = time.perf_counter()
             timings["features"] += t2 - t1
-            scores = lgbm.predict(self.boosters[strategy], x)
+            scores = self.predictors[strategy](x)
             t1 = time.perf_counter()
             timings["model"] += t1 - t2
         else:

@@ -27,7 +27,7 @@ from xsell.data.contract import EVENT_GRADES, Dataset
 from xsell.retrieval.artifacts import DAY, Artifacts, RetrievalConfig, build_artifacts
 from xsell.retrieval.candidates import CandidateConfig
 
-from .bundle import MODEL_FILES, atomic_bundle_dir, new_version, write_manifest
+from .bundle import COMPILED_FILES, MODEL_FILES, atomic_bundle_dir, new_version, write_manifest
 from .features import PairBatch, check_feature_names, feature_matrix, feature_names
 from .model import ModelConfig, train_lambdarank
 from .query import NO_FILTERS, retrieve, scope_for
@@ -50,6 +50,7 @@ class TrainConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    compile_models: bool = True  # also write lleaves-compiled models when lleaves is installed
     seed: int = 0
 
 
@@ -268,6 +269,8 @@ def train_bundle(
         arts.save(tmp)
         for strategy, (booster, best) in boosters.items():
             booster.save_model(str(tmp / MODEL_FILES[strategy.value]), num_iteration=best)
+            if cfg.compile_models:
+                _compile(tmp / MODEL_FILES[strategy.value], tmp / COMPILED_FILES[strategy.value], log)
         data.report.write(tmp / "cleaning_report.json")
         t = stage("serving artifacts", t)
         stages["total"] = round(time.perf_counter() - t_start, 2)
@@ -287,6 +290,17 @@ def train_bundle(
         })  # fmt: skip
     _summary(manifest, log)
     return Path(out_dir)
+
+
+def _compile(model_txt: Path, out: Path, log) -> None:
+    """lleaves-compile a model for faster serving; skipped (with a line) without lleaves."""
+    try:
+        from .compiled import compile_booster
+
+        compile_booster(model_txt, out)
+        log(f"  compiled {model_txt.name} -> {out.name}")
+    except ImportError:
+        log(f"  {model_txt.name}: not compiled (pip install 'xsell[fast]' for lleaves)")
 
 
 def _summary(manifest: dict, log) -> None:

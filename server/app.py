@@ -43,8 +43,6 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
-from xsell.errors import XsellError
 from xsell.server.interceptor import (
     ACCESS_LOGGER,
     DEFAULT_MAX_IN_FLIGHT,
@@ -56,6 +54,8 @@ from xsell.server.interceptor import (
 from xsell.server.metrics import ServerMetrics
 from xsell.server.security import AuthInterceptor, TlsFiles, TokenTable, server_credentials
 from xsell.server.service import ModelHolder, RecommendServicer, ReloadBroadcast
+
+from xsell.errors import XsellError
 from xsell.v1 import xsell_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:

@@ -65,7 +65,9 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin workers to cores")
     sec = p.add_argument_group("security (see server/README.md)")
-    sec.add_argument("--tls-cert", default=None, help="PEM certificate (chain) of the server: serve TLS")
+    sec.add_argument(
+        "--tls-cert", default=None, help="PEM certificate (chain) of the server: serve TLS"
+    )
     sec.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     sec.add_argument(
         "--tls-client-ca",

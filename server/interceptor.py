@@ -35,11 +35,11 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-
-from xsell.errors import InvalidRequest
 from xsell.server.errors import DeadlineExpired, check_time_left, to_status
 from xsell.server.metrics import ServerMetrics
 from xsell.server.security import CALLER
+
+from xsell.errors import InvalidRequest
 from xsell.v1 import xsell_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommendService"].full_name
@@ -104,7 +104,7 @@ def tolerant_deserializer(parse: Callable[[bytes], Any]) -> Callable[[bytes], An
 class Ticket:
     """One admitted call's hold on the in-flight bound; released exactly once."""
 
-    __slots__ = ("_admission", "_released", "__weakref__")
+    __slots__ = ("__weakref__", "_admission", "_released")
 
     def __init__(self, admission: Admission) -> None:
         self._admission = admission
@@ -144,7 +144,9 @@ class Admission:
         standing_after: float = 0.250,
     ) -> None:
         if max_in_flight < 1 or threads < 1:
-            raise ValueError(f"max_in_flight and threads must be >= 1, got {max_in_flight}, {threads}")
+            raise ValueError(
+                f"max_in_flight and threads must be >= 1, got {max_in_flight}, {threads}"
+            )
         self.max_in_flight = max_in_flight
         self.overload_in_flight = min(max_in_flight, overload_in_flight or 2 * threads)
         self.standing_after = standing_after
@@ -220,7 +222,9 @@ class ServingInterceptor(grpc.ServerInterceptor):
         self._log = logging.getLogger(ACCESS_LOGGER) if access_log else None
         self._admission = admission
         # method -> (handler it wraps, wrapped behavior(request, context, ticket), refusal handler)
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, Callable, grpc.RpcMethodHandler, Callable]] = {}
+        self._wrapped: dict[
+            str, tuple[grpc.RpcMethodHandler, Callable, grpc.RpcMethodHandler, Callable]
+        ] = {}
 
     def intercept_service(
         self,
@@ -269,7 +273,9 @@ class ServingInterceptor(grpc.ServerInterceptor):
             call, request_deserializer=deserializer, response_serializer=handler.response_serializer
         )
 
-    def _record(self, method: str, code: grpc.StatusCode, elapsed: float, request, response) -> None:
+    def _record(
+        self, method: str, code: grpc.StatusCode, elapsed: float, request, response
+    ) -> None:
         self._metrics.requests.labels(method, code.name).inc()
         access = self._log
         if access is not None and access.isEnabledFor(logging.INFO):
@@ -282,7 +288,7 @@ class ServingInterceptor(grpc.ServerInterceptor):
 
     def record_refusal(self, full_method: str, code: str, caller: str) -> None:
         """Count and log a call the auth interceptor refused (it never reaches `_wrap`)."""
-        method = full_method[len(self._prefix) :] if full_method.startswith(self._prefix) else full_method
+        method = full_method.removeprefix(self._prefix)
         token = CALLER.set(caller)
         try:
             self._record(method, grpc.StatusCode[code], 0.0, None, None)
@@ -334,7 +340,13 @@ class ServingInterceptor(grpc.ServerInterceptor):
             elapsed = time.perf_counter() - start
             code = grpc.StatusCode.OK if status is None else status.code
             latency.observe(elapsed)
-            self._record(method, code, elapsed, None if isinstance(request, Undecodable) else request, response)
+            self._record(
+                method,
+                code,
+                elapsed,
+                None if isinstance(request, Undecodable) else request,
+                response,
+            )
             if status is not None:
                 if status.trailing_metadata:
                     context.set_trailing_metadata(status.trailing_metadata)

@@ -165,7 +165,9 @@ def parse_tokens(text: str, *, file: str) -> TokenTable:
         names.add(name)
         callers[token] = Caller(name, admin=len(fields) == 3)
     if not callers:
-        raise SecurityConfigError("no caller listed (expected `NAME TOKEN [admin]` lines)", file=file)
+        raise SecurityConfigError(
+            "no caller listed (expected `NAME TOKEN [admin]` lines)", file=file
+        )
     return TokenTable(callers)
 
 
@@ -202,12 +204,7 @@ def bearer_token(metadata) -> str | None:
 
 def is_loopback_peer(peer: str) -> bool:
     """True for a gRPC peer string of a local caller (`ipv4:127.x`, `ipv6:[::1]`, `unix:`)."""
-    return (
-        peer.startswith("ipv4:127.")
-        or peer.startswith("ipv6:[::1]")
-        or peer.startswith("ipv6:[::ffff:127.")
-        or peer.startswith("unix:")
-    )
+    return peer.startswith(("ipv4:127.", "ipv6:[::1]", "ipv6:[::ffff:127.", "unix:"))
 
 
 def reload_allowed(*, auth_on: bool, allow_unauthenticated: bool, peer: str) -> bool:

@@ -42,13 +42,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
-
-from xsell.errors import BundleError, InvalidRequest, NotReady, PermissionDenied
 from xsell.ranking.bundle import read_manifest
 from xsell.server import convert
 from xsell.server.errors import check_time_left
 from xsell.server.metrics import ServerMetrics
 from xsell.server.security import reload_allowed
+
+from xsell.errors import BundleError, InvalidRequest, NotReady, PermissionDenied
 from xsell.v1 import xsell_pb2 as pb
 from xsell.v1 import xsell_pb2_grpc as pb_grpc
 
@@ -88,6 +88,7 @@ def probe_bundle(path: Path, *, timeout: float = PROBE_TIMEOUT) -> None:
         done = subprocess.run(
             [sys.executable, "-c", _PROBE, str(path)],
             capture_output=True,
+            check=False,
             timeout=timeout,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
@@ -141,7 +142,9 @@ class ModelHolder:
         with self._load_lock:
             self._swap(ranker)
 
-    def load(self, bundle_dir: str | os.PathLike, *, isolate: bool = False) -> tuple[str | None, str]:
+    def load(
+        self, bundle_dir: str | os.PathLike, *, isolate: bool = False
+    ) -> tuple[str | None, str]:
         """Load `bundle_dir` on the side and swap it in: (previous version, new version).
 
         `isolate`: first load it in a subprocess (`probe_bundle`), so a file that

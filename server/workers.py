@@ -167,9 +167,10 @@ def worker_main(config: ServeConfig, slot: int, cpu: int | None, state_file: str
         os.sched_setaffinity(0, {cpu})  # before gRPC starts its threads: they inherit it
     logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
 
-    from xsell.errors import BundleError
     from xsell.server.app import BindError, configure_access_log, create_server, run_until_signalled
     from xsell.server.service import read_reload_state
+
+    from xsell.errors import BundleError
 
     configure_access_log(config.access_log)
     tls, tokens = config.security()

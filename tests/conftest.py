@@ -66,5 +66,6 @@ def bundle_dir(dataset, bundle_root) -> Path:
         seed=0,
         model=ModelConfig(max_rounds=60, early_stopping_rounds=15, learning_rate=0.15, threads=1),
         retrieval=RetrievalConfig(factors=32, iterations=8),
+        compile_models=False,  # tests/ranking/test_compiled_ranker.py compiles a copy
     )
     return train_bundle(dataset, bundle_root / "base", config, log=lambda *_: None)

@@ -20,7 +20,9 @@ import pytest
 from xsell.v1 import xsell_pb2 as pb
 from xsell.v1 import xsell_pb2_grpc as pb_grpc
 
-READY = re.compile(r"listening on (?P<host>[^ ]+):(?P<port>\d+) workers=(?P<n>\d+) pids=(?P<pids>[\d,]+)")
+READY = re.compile(
+    r"listening on (?P<host>[^ ]+):(?P<port>\d+) workers=(?P<n>\d+) pids=(?P<pids>[\d,]+)"
+)
 
 
 @pytest.fixture(scope="session")
@@ -236,7 +238,17 @@ def serve_cli(tmp_path):
 
     def start(bundle: Path, *args: str, env: dict | None = None, timeout: float = 90.0):
         log_path = tmp_path / f"serve-{len(started)}.log"
-        cmd = [sys.executable, "-m", "xsell.cli", "serve", "--bundle", str(bundle), "--port", "0", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "xsell.cli",
+            "serve",
+            "--bundle",
+            str(bundle),
+            "--port",
+            "0",
+            *args,
+        ]
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
@@ -249,12 +261,16 @@ def serve_cli(tmp_path):
                 break
             match = READY.search(line)
             if match:
-                sp = ServeProcess(proc, int(match["port"]), [int(p) for p in match["pids"].split(",")], log_path)
+                sp = ServeProcess(
+                    proc, int(match["port"]), [int(p) for p in match["pids"].split(",")], log_path
+                )
                 started.append(sp)
                 return sp
         proc.kill()
         proc.wait()
-        raise AssertionError(f"`xsell serve` did not start:\n{log_path.read_text(errors='replace')[-4000:]}")
+        raise AssertionError(
+            f"`xsell serve` did not start:\n{log_path.read_text(errors='replace')[-4000:]}"
+        )
 
     yield start
     for sp in started:

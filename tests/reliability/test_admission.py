@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-
 from xsell.server.errors import DeadlineExpired
 from xsell.server.interceptor import Admission
 

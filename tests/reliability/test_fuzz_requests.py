@@ -14,10 +14,10 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from xsell.ranking.types import MAX_CART_LINES, MAX_FILTER_IDS, MAX_LIMIT
 from xsell.server.convert import MAX_BATCH
 from xsell.server.errors import FIELD_METADATA_KEY
+
 from xsell.v1 import xsell_pb2 as pb
 
 from .conftest import good_request, stub_for
@@ -31,7 +31,6 @@ FIELD = re.compile(
 )
 UINT32 = 2**32 - 1
 INT32 = st.integers(-(2**31), 2**31 - 1)
-
 
 
 def mostly(valid, hostile):
@@ -49,13 +48,17 @@ limits = mostly(
     st.integers(0, MAX_LIMIT),
     st.sampled_from([MAX_LIMIT + 1, UINT32]) | st.integers(0, UINT32),
 )
-texts = st.text(max_size=40) | st.sampled_from(["", " ", "\x00", "é" * 3, "🛒", "a/b/c", "\u202e", "x" * 200])
+texts = st.text(max_size=40) | st.sampled_from(
+    ["", " ", "\x00", "é" * 3, "🛒", "a/b/c", "\u202e", "x" * 200]
+)
 
 
 @st.composite
 def huge_text(draw) -> str:
     """Up to ~1 MB of one character (ascii or multi-byte): under the 4 MiB limit."""
-    return draw(st.sampled_from(["x", "é", "🛒"])) * draw(st.sampled_from([1_000, 100_000, 250_000]))
+    return draw(st.sampled_from(["x", "é", "🛒"])) * draw(
+        st.sampled_from([1_000, 100_000, 250_000])
+    )
 
 
 @st.composite
@@ -65,9 +68,13 @@ def item_ids(draw, known: list[str]) -> str:
 
 @st.composite
 def cart_lines(draw, known: list[str]) -> list[pb.CartLine]:
-    lines = draw(st.lists(st.builds(pb.CartLine, item_id=item_ids(known), quantity=quantities), max_size=4))
+    lines = draw(
+        st.lists(st.builds(pb.CartLine, item_id=item_ids(known), quantity=quantities), max_size=4)
+    )
     # thousands of lines cost little to build this way and cross MAX_CART_LINES
-    extra = draw(mostly(st.just(0), st.sampled_from([MAX_CART_LINES - len(lines), MAX_CART_LINES + 1, 3000])))
+    extra = draw(
+        mostly(st.just(0), st.sampled_from([MAX_CART_LINES - len(lines), MAX_CART_LINES + 1, 3000]))
+    )
     if extra > 0:
         lines += [pb.CartLine(item_id=known[k % len(known)]) for k in range(extra)]
     return lines
@@ -87,9 +94,10 @@ def filters(draw, known: list[str]) -> pb.Filters:
             setattr(f, name, draw(bounds))
     big = draw(mostly(st.just(0), st.sampled_from([MAX_FILTER_IDS, MAX_FILTER_IDS + 1])))
     if big:
-        getattr(f, draw(st.sampled_from(["exclude_item_ids", "allowed_categories", "denied_categories"]))).extend(
-            f"id-{k}" for k in range(big)
-        )
+        getattr(
+            f,
+            draw(st.sampled_from(["exclude_item_ids", "allowed_categories", "denied_categories"])),
+        ).extend(f"id-{k}" for k in range(big))
     return f
 
 
@@ -144,7 +152,11 @@ SETTINGS = settings(
     max_examples=150,
     deadline=None,
     derandomize=True,  # the same examples every run (the fuzz/ script explores freely)
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 
 
@@ -163,7 +175,9 @@ def test_any_request_gets_ok_or_a_named_invalid_argument(fuzz_server, ids, known
     # Both sides of the contract were exercised, not only refusals.
     assert seen.get("OK", 0) >= 10 and sum(v for k, v in seen.items() if k != "OK") >= 10, seen
     assert stub.Recommend(good_request(known_items), timeout=10).cross_sell
-    assert srv.metrics.sample("xsell_requests_total", {"method": "Recommend", "code": "INTERNAL"}) == 0
+    assert (
+        srv.metrics.sample("xsell_requests_total", {"method": "Recommend", "code": "INTERNAL"}) == 0
+    )
 
 
 def test_any_batch_gets_ok_or_a_named_invalid_argument(fuzz_server, ids, known_items):
@@ -176,14 +190,19 @@ def test_any_batch_gets_ok_or_a_named_invalid_argument(fuzz_server, ids, known_i
         pad=st.sampled_from([0, 0, MAX_BATCH - 3, MAX_BATCH + 1]),
     )
     def run(batch, pad):
-        msg = pb.RecommendBatchRequest(requests=batch + [good_request(known, k) for k in range(pad)])
+        msg = pb.RecommendBatchRequest(
+            requests=batch + [good_request(known, k) for k in range(pad)]
+        )
         outcome = check_answer(stub.RecommendBatch, msg)
         if len(msg.requests) > MAX_BATCH:
             assert outcome == "INVALID_ARGUMENT requests"
 
     run()
     assert stub.Recommend(good_request(known_items), timeout=10).cross_sell
-    assert srv.metrics.sample("xsell_requests_total", {"method": "RecommendBatch", "code": "INTERNAL"}) == 0
+    assert (
+        srv.metrics.sample("xsell_requests_total", {"method": "RecommendBatch", "code": "INTERNAL"})
+        == 0
+    )
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -1.0])

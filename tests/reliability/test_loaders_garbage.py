@@ -1,3 +1,4 @@
+# ruff: noqa: C408 - dict(column=values) reads best for tables
 """The data loaders under garbage files: every failure is a DataError that names the
 file (and the row / column where one exists), never a bare library traceback."""
 
@@ -61,7 +62,9 @@ CSV_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("name", "data", "kind", "row", "column", "words"), CSV_CASES, ids=[c[0] for c in CSV_CASES])
+@pytest.mark.parametrize(
+    ("name", "data", "kind", "row", "column", "words"), CSV_CASES, ids=[c[0] for c in CSV_CASES]
+)
 def test_garbage_files_name_file_row_and_column(tmp_path, name, data, kind, row, column, words):
     path = tmp_path / name
     path.write_bytes(data)
@@ -130,7 +133,10 @@ def mangled(draw, base: bytes) -> bytes:
         if op == "flip":
             data[i] = draw(st.integers(0, 255))
         elif op == "insert":
-            data[i:i] = draw(st.binary(min_size=1, max_size=8) | st.sampled_from([b",", b'"', b"\n", b"\r", b"\x00"]))
+            data[i:i] = draw(
+                st.binary(min_size=1, max_size=8)
+                | st.sampled_from([b",", b'"', b"\n", b"\r", b"\x00"])
+            )
         elif op == "delete":
             del data[i]
         else:
@@ -142,7 +148,11 @@ def mangled(draw, base: bytes) -> bytes:
 def test_any_bytes_load_or_give_a_data_error(tmp_path_factory, suffix):
     """Mutated valid files and random bytes, through all three loaders, strict and lenient."""
     d = tmp_path_factory.mktemp("mangled")
-    bases = {"catalog": CATALOG.encode(), "events": EVENTS.encode(), "users": b"user_id,age\nu1,30\nu2,40\n"}
+    bases = {
+        "catalog": CATALOG.encode(),
+        "events": EVENTS.encode(),
+        "users": b"user_id,age\nu1,30\nu2,40\n",
+    }
     if suffix == ".parquet":
         import io
 

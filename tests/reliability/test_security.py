@@ -13,7 +13,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from xsell.server.security import (
     SecurityConfigError,
     TlsFiles,
@@ -22,6 +21,7 @@ from xsell.server.security import (
     parse_tokens,
     reload_allowed,
 )
+
 from xsell.v1 import xsell_pb2 as pb
 
 from .conftest import good_request, stub_for
@@ -64,10 +64,16 @@ def test_tls_serves_only_clients_that_trust_its_ca(make_server, pki, known_items
         assert stub.Recommend(good_request(known_items), timeout=10).cross_sell
     plain, stub = stub_for(srv.port)  # plaintext against a TLS port: no HTTP/2 session
     with plain:
-        assert rpc_code(stub.Recommend, good_request(known_items), timeout=5) == grpc.StatusCode.UNAVAILABLE
+        assert (
+            rpc_code(stub.Recommend, good_request(known_items), timeout=5)
+            == grpc.StatusCode.UNAVAILABLE
+        )
     wrong, stub = stub_for(srv.port, pki.channel_credentials(client=None, ca="rogue_ca"))
     with wrong:  # the client does not trust the server's certificate
-        assert rpc_code(stub.Recommend, good_request(known_items), timeout=5) == grpc.StatusCode.UNAVAILABLE
+        assert (
+            rpc_code(stub.Recommend, good_request(known_items), timeout=5)
+            == grpc.StatusCode.UNAVAILABLE
+        )
 
 
 def test_mutual_tls_refuses_clients_without_a_valid_certificate(make_server, pki, known_items):
@@ -131,16 +137,22 @@ def test_tokens_authenticate_every_call_but_health(make_server, tokens, known_it
         assert rpc_code(list_services) == grpc.StatusCode.UNAUTHENTICATED
         assert list_services(bearer(named["checkout"]))[0].list_services_response.service
 
-    unauth = srv.metrics.sample("xsell_requests_total", {"method": "Recommend", "code": "UNAUTHENTICATED"})
+    unauth = srv.metrics.sample(
+        "xsell_requests_total", {"method": "Recommend", "code": "UNAUTHENTICATED"}
+    )
     assert unauth == 6
     # Access lines name the caller, never a token.
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert '"caller": "checkout"' in logged and '"caller": "ops"' in logged
     for token in named.values():
         assert token not in logged and token[:12] not in logged
+    # ... and ids only: the cart's item id is not in any access line
+    assert known_items[0] not in logged
 
 
-def test_reload_needs_an_admin_token(make_server, tokens, bundle_dir, bundle_root, copy_bundle_to, ranker):
+def test_reload_needs_an_admin_token(
+    make_server, tokens, bundle_dir, bundle_root, copy_bundle_to, ranker
+):
     path, named = tokens
     srv = make_server(tokens=load_tokens(path))
     version = f"admin-{uuid.uuid4().hex[:8]}"
@@ -162,7 +174,9 @@ def test_reload_needs_an_admin_token(make_server, tokens, bundle_dir, bundle_roo
 def test_without_auth_reload_is_for_local_callers_unless_opened():
     for peer in ("ipv4:127.0.0.1:41234", "ipv6:[::1]:5000", "unix:/run/xsell.sock",
                  "ipv6:[::ffff:127.0.0.1]:80"):  # fmt: skip
-        assert is_loopback_peer(peer) and reload_allowed(auth_on=False, allow_unauthenticated=False, peer=peer)
+        assert is_loopback_peer(peer) and reload_allowed(
+            auth_on=False, allow_unauthenticated=False, peer=peer
+        )
     for peer in ("ipv4:10.0.0.7:5000", "ipv6:[2001:db8::1]:80", "ipv4:128.0.0.1:1", "ipv6:[::2]:1"):
         assert not is_loopback_peer(peer)
         assert not reload_allowed(auth_on=False, allow_unauthenticated=False, peer=peer)
@@ -192,14 +206,22 @@ def test_token_lookup_is_exact():
     table = parse_tokens("a 0123456789abcdef\nb 0123456789abcdeX admin\n", file="t")
     assert table.lookup("0123456789abcdef").name == "a"
     assert table.lookup("0123456789abcdeX").admin
-    for wrong in ("0123456789abcde", "0123456789abcdefX", "", "0123456789ABCDEF", "0123456789abcdef\x00"):
+    for wrong in (
+        "0123456789abcde",
+        "0123456789abcdefX",
+        "",
+        "0123456789ABCDEF",
+        "0123456789abcdef\x00",
+    ):
         assert table.lookup(wrong) is None
 
 
 # ------------------------------------------------------------------ bundle root
 
 
-def test_reload_confinement_follows_symlinks(make_server, bundle_dir, bundle_root, tmp_path, copy_bundle_to):
+def test_reload_confinement_follows_symlinks(
+    make_server, bundle_dir, bundle_root, tmp_path, copy_bundle_to
+):
     srv = make_server()
     outside = copy_bundle_to(tmp_path / "outside", "outside")  # loadable if it were allowed
     inside = copy_bundle_to(bundle_root / f"in-{uuid.uuid4().hex[:6]}", "inside")
@@ -223,7 +245,10 @@ def test_reload_confinement_follows_symlinks(make_server, bundle_dir, bundle_roo
                 stub.ReloadModel(pb.ReloadModelRequest(bundle_path="a\x00b"), timeout=10)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert stub.GetModelInfo(pb.GetModelInfoRequest()).model_version != "outside"
-            assert stub.ReloadModel(pb.ReloadModelRequest(bundle_path=good_link.name)).model_version == "inside"
+            assert (
+                stub.ReloadModel(pb.ReloadModelRequest(bundle_path=good_link.name)).model_version
+                == "inside"
+            )
     finally:
         for link in (escape_dir, chain, good_link):
             link.unlink()
@@ -233,7 +258,9 @@ def test_reload_confinement_follows_symlinks(make_server, bundle_dir, bundle_roo
 # ------------------------------------------------------------------ the CLI
 
 
-def test_serve_cli_with_mutual_tls_and_tokens_from_env(serve_cli, bundle_dir, pki, tokens, known_items):
+def test_serve_cli_with_mutual_tls_and_tokens_from_env(
+    serve_cli, bundle_dir, pki, tokens, known_items
+):
     path, named = tokens
     proc = serve_cli(
         bundle_dir, "--workers", "1",
@@ -242,14 +269,28 @@ def test_serve_cli_with_mutual_tls_and_tokens_from_env(serve_cli, bundle_dir, pk
     )  # fmt: skip
     channel, stub = stub_for(proc.port, pki.channel_credentials(client="client"))
     with channel:
-        assert rpc_code(stub.Recommend, good_request(known_items), timeout=10) == grpc.StatusCode.UNAUTHENTICATED
-        assert stub.Recommend(good_request(known_items), metadata=bearer(named["checkout"]), timeout=10).cross_sell
-        code = rpc_code(stub.ReloadModel, pb.ReloadModelRequest(), metadata=bearer(named["checkout"]), timeout=10)
+        assert (
+            rpc_code(stub.Recommend, good_request(known_items), timeout=10)
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        assert stub.Recommend(
+            good_request(known_items), metadata=bearer(named["checkout"]), timeout=10
+        ).cross_sell
+        code = rpc_code(
+            stub.ReloadModel,
+            pb.ReloadModelRequest(),
+            metadata=bearer(named["checkout"]),
+            timeout=10,
+        )
         assert code == grpc.StatusCode.PERMISSION_DENIED
-        assert stub.ReloadModel(pb.ReloadModelRequest(), metadata=bearer(named["ops"]), timeout=30).model_version
+        assert stub.ReloadModel(
+            pb.ReloadModelRequest(), metadata=bearer(named["ops"]), timeout=30
+        ).model_version
     channel, stub = stub_for(proc.port, pki.channel_credentials(client=None))
     with channel:
-        code = rpc_code(stub.Recommend, good_request(known_items), metadata=bearer(named["checkout"]), timeout=5)
+        code = rpc_code(
+            stub.Recommend, good_request(known_items), metadata=bearer(named["checkout"]), timeout=5
+        )
         assert code == grpc.StatusCode.UNAVAILABLE
     proc.process.terminate()
     assert proc.process.wait(30) == 0
@@ -273,7 +314,7 @@ def test_serve_cli_refuses_bad_security_flags(bundle_dir, pki, tmp_path):
         out = subprocess.run(
             [sys.executable, "-m", "xsell.cli", "serve", "--bundle", str(bundle_dir), "--port", "0",
              "--workers", "1", *args],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert out.returncode != 0 and words in out.stderr, (args, out.stderr[-2000:])
         assert "Traceback" not in out.stderr

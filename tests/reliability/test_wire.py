@@ -11,9 +11,9 @@ import time
 
 import grpc
 import pytest
-
 from xsell.server.app import MAX_RECEIVE_BYTES
 from xsell.server.errors import FIELD_METADATA_KEY
+
 from xsell.v1 import xsell_pb2 as pb
 
 from .conftest import good_request, stub_for
@@ -25,7 +25,7 @@ METHODS = ("Recommend", "RecommendBatch", "GetModelInfo", "ReloadModel")
 def wire_server(ranker, bundle_root):
     from xsell.server.app import create_server
 
-    srv, port = create_server(ranker, bundle_root=bundle_root, access_log=False)
+    srv, _port = create_server(ranker, bundle_root=bundle_root, access_log=False)
     srv.start()
     yield srv
     srv.stop(None)
@@ -41,7 +41,11 @@ def outcome(call, payload: bytes) -> tuple[grpc.StatusCode, str, str]:
         call(payload, timeout=10)
         return grpc.StatusCode.OK, "", ""
     except grpc.RpcError as exc:
-        return exc.code(), exc.details() or "", dict(exc.trailing_metadata() or ()).get(FIELD_METADATA_KEY, "")
+        return (
+            exc.code(),
+            exc.details() or "",
+            dict(exc.trailing_metadata() or ()).get(FIELD_METADATA_KEY, ""),
+        )
 
 
 def corrupt_payloads(seed: int = 0, n: int = 150) -> list[bytes]:
@@ -52,7 +56,9 @@ def corrupt_payloads(seed: int = 0, n: int = 150) -> list[bytes]:
     ).SerializeToString()  # fmt: skip
     rng = random.Random(seed)
     out = [
-        valid[:-1], valid[:1], valid[:3],  # truncated inside a field
+        valid[:-1],
+        valid[:1],
+        valid[:3],  # truncated inside a field
         b"\x0a\x05\xff\xfe\xfd\xfc\xfb",  # user_id that is not UTF-8
         b"\x0a\xff\xff\xff\xff\x0f",  # user_id claiming a 4 GB length
         b"\x20\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # limit: an 11-byte varint
@@ -90,13 +96,20 @@ def test_payloads_that_are_not_protobuf_get_invalid_argument(wire_server, known_
         assert stub.Recommend(good_request(known_items), timeout=10).cross_sell
     assert counts.get("request", 0) >= 100, counts  # most garbage fails to decode, and says so
     for method in METHODS:
-        assert wire_server.metrics.sample("xsell_requests_total", {"method": method, "code": "INTERNAL"}) == 0
+        assert (
+            wire_server.metrics.sample(
+                "xsell_requests_total", {"method": method, "code": "INTERNAL"}
+            )
+            == 0
+        )
 
 
 def test_oversized_messages_are_refused_and_the_server_stays_up(wire_server, known_items):
     channel, stub = stub_for(wire_server.port, **{"grpc.max_send_message_length": 64 << 20})
     with channel:
-        huge = pb.RecommendRequest(user_id="x" * (MAX_RECEIVE_BYTES + 1), cart=[pb.CartLine(item_id="a")])
+        huge = pb.RecommendRequest(
+            user_id="x" * (MAX_RECEIVE_BYTES + 1), cart=[pb.CartLine(item_id="a")]
+        )
         for send in (lambda: stub.Recommend(huge, timeout=20),
                      lambda: raw_call(channel, "Recommend")(b"\x00" * (8 << 20), timeout=20)):  # fmt: skip
             with pytest.raises(grpc.RpcError) as info:
@@ -104,7 +117,9 @@ def test_oversized_messages_are_refused_and_the_server_stays_up(wire_server, kno
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "larger than max" in info.value.details()
         # just under the limit is parsed and validated as usual
-        fits = pb.RecommendRequest(user_id="x" * (MAX_RECEIVE_BYTES - 1000), cart=[pb.CartLine(item_id="a")])
+        fits = pb.RecommendRequest(
+            user_id="x" * (MAX_RECEIVE_BYTES - 1000), cart=[pb.CartLine(item_id="a")]
+        )
         assert stub.Recommend(fits, timeout=20).fallback
         assert stub.Recommend(good_request(known_items), timeout=10).cross_sell
 
@@ -115,7 +130,9 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+    return (
+        len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+    )
 
 
 def hpack_literal(name: bytes, value: bytes) -> bytes:
@@ -190,7 +207,12 @@ def test_malformed_framing_on_the_socket(wire_server, known_items):
         answered[name] = frame_types(exchange(wire_server.port, data))
     # Well-framed bad gRPC calls are answered on their stream (HEADERS carrying the status,
     # or RST_STREAM); broken framing just gets the connection closed.
-    for name in ("truncated grpc message", "compressed flag", "4 GB length prefix", "unknown method"):
+    for name in (
+        "truncated grpc message",
+        "compressed flag",
+        "4 GB length prefix",
+        "unknown method",
+    ):
         assert {0x1, 0x3} & set(answered[name]), (name, answered[name])
     # Many half-open connections do not block anyone.
     idle = [socket.create_connection(("127.0.0.1", wire_server.port)) for _ in range(50)]

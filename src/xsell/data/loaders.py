@@ -118,7 +118,9 @@ def _open_bytes(path: Path):
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
-def _not_utf8(path: Path, data: bytes, exc: UnicodeDecodeError, header: list[str] | None) -> DataError:
+def _not_utf8(
+    path: Path, data: bytes, exc: UnicodeDecodeError, header: list[str] | None
+) -> DataError:
     """A DataError naming the row (line) and, when the header is known, the column of
     the first byte that is not UTF-8."""
     for bom, name in _BOMS.items():
@@ -197,7 +199,9 @@ def _read(path: str | Path) -> _Raw:
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"cannot read Parquet file: {exc}", file=str(path)) from exc
         except (UnicodeDecodeError, ValueError) as exc:  # a corrupt schema (e.g. a name not UTF-8)
-            raise DataError(f"cannot read Parquet file: corrupt schema ({exc})", file=str(path)) from exc
+            raise DataError(
+                f"cannot read Parquet file: corrupt schema ({exc})", file=str(path)
+            ) from exc
         _check_unique_names(names, path)
         for i, name in enumerate(names):
             _check_valid(table.column(i), name, path)
@@ -270,7 +274,9 @@ def _check_valid(col: pa.ChunkedArray, name: str, path: Path) -> None:
                 except UnicodeDecodeError:
                     row = i + 1  # Parquet rows count from 1
                     break
-        raise DataError(f"invalid values in a Parquet column ({exc})", file=str(path), row=row, column=name) from None
+        raise DataError(
+            f"invalid values in a Parquet column ({exc})", file=str(path), row=row, column=name
+        ) from None
 
 
 def _check_unique_names(names: list[str], path: Path) -> None:
@@ -410,7 +416,9 @@ def _as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
                 try:
                     value is None or value.decode("utf-8")
                 except UnicodeDecodeError:
-                    raise _NotText(f"binary value is not UTF-8 text: {_show(value)}", index=i) from None
+                    raise _NotText(
+                        f"binary value is not UTF-8 text: {_show(value)}", index=i
+                    ) from None
             raise
     if pa.types.is_floating(col.type):
         # Integral floats (e.g. ids from a NaN-holding int column) print without ".0".

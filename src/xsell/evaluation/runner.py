@@ -85,7 +85,7 @@ class Progress:
 
     def counter(self, label: str, total: int, every: float = 10.0):
         """A callback(done) that prints `label done/total` at most every `every` seconds."""
-        start = time.perf_counter()
+        start = self._last = time.perf_counter()  # first line after `every` s, not at 1/N
 
         def tick(done: int) -> None:
             now = time.perf_counter()
