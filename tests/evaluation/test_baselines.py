@@ -87,8 +87,7 @@ def test_count_baselines_by_hand(tiny):
     qs = cross_sell_queries(TEST, h, anchors_per_basket=10, seed=0)
     q = [h.items[a] for a in qs.anchor].index("A1")
     ranked = rank_baselines(qs, base, singles=("popularity", "buy_again", "co_purchase"), k=4)
-    # popularity = training baskets holding the item: B2 2, C1 2, B1 2 ... ties by the stable
-    # popularity rank; co-purchase from A1: B1 (1 basket with u1) and B2 (1 with u2) first
+    # co-purchase from A1: B1 (one basket with u1) and B2 (one with u2) come first
     co = _ids(h, ranked["co_purchase"][q])
     assert (
         set(co[:2]) == {"B1", "B2"}
@@ -160,3 +159,20 @@ def test_baselines_are_deterministic_for_a_seed(synthetic_valid, dataset):
         np.testing.assert_array_equal(a[name], b[name])
     np.testing.assert_array_equal(random_top_k(qs, h, 10, seed=4), random_top_k(qs, h, 10, seed=4))
     assert not np.array_equal(random_top_k(qs, h, 10, seed=4), random_top_k(qs, h, 10, seed=5))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 5_000_000), st.integers(0, 6), st.integers(0, 6))
+def test_count_ranking_is_count_first_then_popularity(count, i, j):
+    # regression: a popularity tiebreak must never reorder counts, even counts in the
+    # millions (float32 or log-scaled counts lost this)
+    h = build_history(TRAIN, CATALOG)
+    base = Baselines.fit(h, seed=0)
+    cols = np.array([i, j])
+    raw = np.array([[count + 1, count]], dtype=np.float32)
+    for name in ("popularity", "buy_again", "co_purchase"):
+        s = base.ranking_score(name, raw, cols)
+        assert s[0, 0] > s[0, 1]
+    same = base.ranking_score("buy_again", np.array([[count, count]], dtype=np.float32), cols)
+    if i != j:  # equal counts: the more popular item first
+        assert (same[0, 0] > same[0, 1]) == (base.tiebreak[i] > base.tiebreak[j])
