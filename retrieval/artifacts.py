@@ -74,6 +74,7 @@ class Artifacts:
     cut_day: int  # day index (epoch days) of the data cut-off
     ann: AnnIndex | None = None
     meta: dict = field(default_factory=dict)
+    complement_cache: dict = field(default_factory=dict)  # (category, n) -> top complement categories
 
     # --- storage -------------------------------------------------------------
     ARRAYS = (

@@ -178,11 +178,17 @@ def _top_complement_categories(arts: Artifacts, item: int, n: int) -> np.ndarray
     Ranked by P(B | A) rather than by lift: with thousands of small categories the
     highest lifts belong to rare ones that almost never reach a basket.
     """
-    a = arts.item_category[item]
+    a = int(arts.item_category[item])
+    key = (a, n)
+    hit = arts.complement_cache.get(key)
+    if hit is not None:
+        return hit
     cond = np.where(arts.complements.lift[a] > 1.0, arts.complements.cond_prob[a], 0.0)
     top = np.argpartition(-cond, min(n, len(cond) - 1))[:n] if len(cond) > n else np.arange(len(cond))
     top = top[np.argsort(-cond[top], kind="stable")]
-    return top[cond[top] > 0]
+    top = top[cond[top] > 0]
+    arts.complement_cache[key] = top  # depends on the category only; a dict set is atomic
+    return top
 
 
 def _interleave(lists: list[np.ndarray]) -> np.ndarray:
