@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -69,6 +70,23 @@ def write_manifest(bundle: Path, manifest: dict) -> dict:
     manifest.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
+
+
+def check_model_text(path: Path) -> None:
+    """Refuse a LightGBM text model whose tree section is not whole.
+
+    LightGBM seeks through the trees by the `tree_sizes=` header and crashes the
+    process (SIGSEGV, LightGBM 4.7) on a truncated file instead of raising, so a
+    bad file must be caught before it reaches LightGBM, even when its hash matches.
+    """
+    data = Path(path).read_bytes()
+    header = re.search(rb"^tree_sizes=([0-9 ]*)$", data, re.M)
+    start, end = data.find(b"\nTree=0\n"), data.find(b"\nend of trees\n")
+    if header is None or start < 0 or end < 0 or b"end of parameters" not in data[end:]:
+        raise BundleError("not a whole LightGBM text model (truncated?)", path=str(path))
+    sizes = [int(x) for x in header.group(1).split()]
+    if sum(sizes) != end + 1 - (start + 1):
+        raise BundleError(f"tree section is {end - start} bytes, its header says {sum(sizes)}", path=str(path))
 
 
 def read_manifest(bundle: Path, *, verify: bool = True) -> dict:

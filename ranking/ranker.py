@@ -19,7 +19,7 @@ from xsell.retrieval.artifacts import Artifacts
 from xsell.retrieval.candidates import SOURCE_BIT, CandidateConfig, Candidates, history_items
 
 from . import model as lgbm
-from .bundle import COMPILED_FILES, MODEL_FILES, read_manifest
+from .bundle import COMPILED_FILES, MODEL_FILES, check_model_text, read_manifest
 from .compiled import load_predictor
 from .explain import top_reasons
 from .features import PairBatch, check_feature_names, feature_matrix
@@ -64,6 +64,7 @@ class Ranker:
         boosters = {}
         for strategy in (Strategy.CROSS_SELL, Strategy.UP_SELL):
             path = bundle_dir / MODEL_FILES[strategy.value]
+            check_model_text(path)
             try:
                 booster = lgb.Booster(model_file=str(path))
             except (lgb.basic.LightGBMError, OSError) as exc:

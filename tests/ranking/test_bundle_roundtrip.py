@@ -159,3 +159,21 @@ def test_the_ranking_core_imports_no_grpc():
     code = "import sys, xsell.ranking, xsell.retrieval; print('grpc' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_truncated_model_text_is_refused_before_lightgbm_sees_it(bundle_dir, tmp_path):
+    from xsell.ranking.bundle import check_model_text
+
+    model = (bundle_dir / "model_cross_sell.txt").read_bytes()
+    check_model_text(bundle_dir / "model_cross_sell.txt")  # the whole file passes
+    for fraction in (0.05, 0.3, 0.6, 0.9, 0.999):
+        cut = tmp_path / f"cut-{fraction}.txt"
+        cut.write_bytes(model[: int(len(model) * fraction)])
+        with pytest.raises(BundleError, match=cut.name):
+            check_model_text(cut)
+    # a tree removed from the middle: the header's sizes no longer add up
+    start = model.index(b"\nTree=1\n")
+    end = model.index(b"\nTree=2\n")
+    (tmp_path / "gap.txt").write_bytes(model[:start] + model[end:])
+    with pytest.raises(BundleError, match="header says"):
+        check_model_text(tmp_path / "gap.txt")
