@@ -8,8 +8,9 @@ Public surface (imported lazily, so `xsell --help` does not load gRPC):
     ServeConfig, serve(config) -> exit code                                        workers
 
 Modules: convert (protobuf <-> ranking types), errors (the one error -> status
-mapping), interceptor (deadlines, errors, metrics, access log), metrics, service,
-app, workers (`xsell serve` supervisor), cli. See server/README.md.
+mapping), interceptor (admission, deadlines, errors, metrics, access log), security
+(TLS, bearer tokens, reload policy), metrics, service, app, workers (`xsell serve`
+supervisor), cli. See server/README.md.
 """
 
 from __future__ import annotations

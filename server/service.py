@@ -10,8 +10,10 @@ Hot reload
 
 1. The path is resolved (realpath, symlinks followed) and must lie inside the
    configured bundle root, else PERMISSION_DENIED naming `bundle_path`.
-2. `ModelHolder.load` builds a new `Ranker` on the side (`Ranker.load` checks
-   hashes, feature names and compatibility). Failure: BundleError ->
+2. `ModelHolder.load` checks the manifest hashes, loads the bundle once in a
+   throw-away subprocess (`probe_bundle`: LightGBM can segfault on a corrupt model
+   file), then builds a new `Ranker` on the side (`Ranker.load` checks hashes,
+   feature names and compatibility). Failure: BundleError ->
    FAILED_PRECONDITION, one clear log line, the old ranker keeps serving.
 3. Success: the holder's reference is replaced in one assignment. A request
    reads the reference once, so calls in flight finish on the old ranker, which

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xsell.evaluation import metrics as M
@@ -161,9 +161,7 @@ def test_baselines_are_deterministic_for_a_seed(synthetic_valid, dataset):
     assert not np.array_equal(random_top_k(qs, h, 10, seed=4), random_top_k(qs, h, 10, seed=5))
 
 
-@settings(
-    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=50, deadline=None)
 @given(st.integers(0, 5_000_000), st.integers(0, 6), st.integers(0, 6))
 def test_count_ranking_is_count_first_then_popularity(tiny, count, i, j):
     # regression: a popularity tiebreak must never reorder counts, even counts in the

@@ -177,3 +177,7 @@ def test_truncated_model_text_is_refused_before_lightgbm_sees_it(bundle_dir, tmp
     (tmp_path / "gap.txt").write_bytes(model[:start] + model[end:])
     with pytest.raises(BundleError, match="header says"):
         check_model_text(tmp_path / "gap.txt")
+
+
+def test_bundle_directory_is_readable_by_others(bundle_dir):
+    assert (bundle_dir.stat().st_mode & 0o755) == 0o755

@@ -9,8 +9,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 
 # Fixed by ranking.bundle.check_model_text (LightGBM 4.7 segfaults on a truncated model file).
 def test_ranker_load_of_a_truncated_model_raises_instead_of_crashing(bundle_dir, tmp_path):

@@ -144,7 +144,7 @@ def top_k(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
     Wide rows go through block maxima first: every one of a row's k best entries lies in
     one of the k blocks with the largest maxima (a block holding a top-k entry has a max at
     least that large, and at most k block maxima can be among the k best), so only k
-    blocks are partitioned: ~4x faster than argpartition over 20k columns.
+    blocks are partitioned: ~3x faster than argpartition over 20k columns (measured).
     """
     s = np.where(mask, scores, -np.inf)
     n, n_cols = s.shape
