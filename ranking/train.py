@@ -220,7 +220,8 @@ def train_bundle(
         raise ValueError("no events to train on" + (f" before {until}" if until else ""))
     data = Dataset(events, data.catalog, data.users, data.report)
     end = int(events["timestamp"].max()) + 1
-    label_start = (end // DAY - cfg.label_days) * DAY
+    # the label window is the last `label_days` calendar days, the last day included
+    label_start = ((end - 1) // DAY + 1 - cfg.label_days) * DAY
     history = events[events["timestamp"].to_numpy() < label_start]
     window = events[events["timestamp"].to_numpy() >= label_start]
     if history.empty or window.empty:
