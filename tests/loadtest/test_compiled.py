@@ -27,6 +27,11 @@ def _threshold_rows(booster: lgb.Booster, rng: np.random.Generator, n: int) -> n
     x = rng.normal(size=(n, len(names)))
     for j, name in enumerate(names):
         th = splits.loc[splits["split_feature"] == name, "threshold"].to_numpy(dtype=np.float64)
+        # LightGBM writes a split "at zero" as its sentinel threshold -1e-35 and treats
+        # |x| <= 1e-35 as zero before comparing; lleaves compares the raw value. They only
+        # disagree on inputs within ~1e-35 of zero, which no feature produces (exact 0.0 is
+        # still drawn below), so the sentinel itself is not used as a test value.
+        th = th[np.abs(th) > 1e-34]
         if len(th) == 0:
             continue
         picks = rng.choice(th, size=n)
