@@ -16,7 +16,7 @@ import numpy as np
 
 from xsell.errors import BundleError
 from xsell.retrieval.artifacts import Artifacts
-from xsell.retrieval.candidates import SOURCE_BIT, CandidateConfig, Candidates, history_items
+from xsell.retrieval.candidates import SOURCE_BIT, CandidateConfig, Candidates
 
 from . import model as lgbm
 from .bundle import COMPILED_FILES, MODEL_FILES, check_model_text, read_manifest
@@ -278,4 +278,4 @@ def _no_cat_exclusion(scope: RequestScope) -> RequestScope:
                         scope.allowed_categories, scope.denied_categories, scope.user)  # fmt: skip
 
 
-__all__ = ["Ranker", "history_items"]
+__all__ = ["Ranker"]
