@@ -42,6 +42,10 @@ class AnnIndex:
         if warm:
             self.warm()
 
+    @property
+    def index(self) -> AnnoyIndex:
+        return self._index
+
     def __len__(self) -> int:
         return self._index.get_n_items()
 

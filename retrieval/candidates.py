@@ -15,10 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .artifacts import Artifacts
+from .neighbours import neighbour_row
 
 SOURCES = ("ann", "copurchase", "complement", "history", "category", "popular", "taste")
 SOURCE_BIT = {name: np.uint8(1 << i) for i, name in enumerate(SOURCES)}
 RRF_K = 20.0
+# names of the sources in each possible bit mask (a lookup, not a loop, per ranked item)
+_SOURCE_NAMES = [tuple(name for i, name in enumerate(SOURCES) if mask & (1 << i)) for mask in range(256)]
 
 
 @dataclass(frozen=True)
@@ -54,37 +57,46 @@ class Candidates:
         return Candidates(self.items[keep], self.anchors[keep], self.sources[keep], self.score[keep])
 
     def source_names(self, i: int) -> tuple[str, ...]:
-        bits = int(self.sources[i])
-        return tuple(name for name, bit in SOURCE_BIT.items() if bits & int(bit))
+        return _SOURCE_NAMES[self.sources[i]]
+
+
+_RRF_WEIGHTS = 1.0 / (RRF_K + np.arange(1, 1025, dtype=np.float32))
+
+
+def _rrf_weights(n: int) -> np.ndarray:
+    """1 / (K + rank) for ranks 1..n (a read-only slice of a table up to rank 1024)."""
+    if n <= len(_RRF_WEIGHTS):
+        return _RRF_WEIGHTS[:n]
+    return 1.0 / (RRF_K + np.arange(1, n + 1, dtype=np.float32))
 
 
 class _Fuser:
     """Accumulates ranked lists into per-item RRF score, source bits and first anchor."""
 
     def __init__(self) -> None:
-        self.items: list[np.ndarray] = []
-        self.scores: list[np.ndarray] = []
-        self.bits: list[np.ndarray] = []
-        self.anchors: list[np.ndarray] = []
+        self.lists: list[np.ndarray] = []
+        self.bits: list[int] = []
+        self.anchors: list[int] = []
 
-    def add(self, items: np.ndarray, source: str, anchor: int | np.ndarray = -1) -> None:
-        if len(items) == 0:
-            return
-        self.items.append(items.astype(np.int64, copy=False))
-        self.scores.append(1.0 / (RRF_K + np.arange(1, len(items) + 1, dtype=np.float32)))
-        self.bits.append(np.full(len(items), SOURCE_BIT[source], dtype=np.uint8))
-        self.anchors.append(np.broadcast_to(np.asarray(anchor, dtype=np.int64), items.shape))
+    def add(self, items: np.ndarray, source: str, anchor: int = -1) -> None:
+        if len(items):
+            self.lists.append(items)
+            self.bits.append(int(SOURCE_BIT[source]))
+            self.anchors.append(int(anchor))
 
     def result(self) -> Candidates:
-        if not self.items:
+        if not self.lists:
             e = np.empty(0, dtype=np.int64)
             return Candidates(e, e.copy(), np.empty(0, np.uint8), np.empty(0, np.float32))
-        items = np.concatenate(self.items)
+        lengths = [len(x) for x in self.lists]
+        items = np.concatenate(self.lists).astype(np.int64, copy=False)
+        weights = np.concatenate([_rrf_weights(n) for n in lengths])
         uniq, first, inverse = np.unique(items, return_index=True, return_inverse=True)
-        score = np.bincount(inverse, weights=np.concatenate(self.scores), minlength=len(uniq))
+        score = np.bincount(inverse, weights=weights, minlength=len(uniq))
         bits = np.zeros(len(uniq), dtype=np.uint8)
-        np.bitwise_or.at(bits, inverse, np.concatenate(self.bits))
-        return Candidates(uniq, np.concatenate(self.anchors)[first], bits, score.astype(np.float32))
+        np.bitwise_or.at(bits, inverse, np.repeat(np.array(self.bits, dtype=np.uint8), lengths))
+        anchors = np.repeat(np.array(self.anchors, dtype=np.int64), lengths)[first]
+        return Candidates(uniq, anchors, bits, score.astype(np.float32))
 
 
 def history_items(arts: Artifacts, user: int, k: int) -> np.ndarray:
@@ -107,13 +119,18 @@ def copurchase_partners(arts: Artifacts, item: int, k: int) -> np.ndarray:
 
 
 def ann_neighbours(arts: Artifacts, item: int, k: int, cache: dict | None = None, fetch: int = 0) -> np.ndarray:
-    """Up to k Annoy neighbours of `item` (itself excluded), best first.
+    """Up to k nearest items of `item` by ALS cosine (itself excluded), best first.
 
-    `cache` (one per request) keeps the longest list fetched per item, so the
-    cross-sell and up-sell sources of one request pay for one Annoy search;
-    `fetch` asks Annoy for that many up front when the cache will be reused.
+    Read from the offline neighbour table when the bundle has one that is wide
+    enough; else searched in Annoy, where `cache` (one per request) keeps the
+    longest list fetched per item so the cross-sell and up-sell sources of one
+    request pay for one search, and `fetch` asks for that many up front.
     """
-    if arts.ann is None or k <= 0:
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    if arts.neighbours is not None and k <= arts.neighbours.shape[1]:
+        return neighbour_row(arts.neighbours, item, k)
+    if arts.ann is None:
         return np.empty(0, dtype=np.int64)
     asked, ids = cache.get(item, (0, None)) if cache is not None else (0, None)
     if asked < k:
