@@ -6,6 +6,9 @@ pairs. Training builds its matrix with `feature_matrix` and the server calls the
 same function, so there is no train/serve skew; the bundle stores the ordered
 names and `check_feature_names` refuses a bundle whose names this code lacks.
 
+Every feature is a function of its own row (no statistic across the candidates):
+serving computes one matrix over both strategies' candidates of a request.
+
 Groups matter for ablations: "price" (uplift and price level) and "complement"
 (category complementarity) can be switched off at training time.
 """

@@ -105,10 +105,21 @@ class Ranker:
         result = RankResult([], [], self.version, unknown_item_ids=ctx["unknown"])
         reasons = [ctx["fallback_reason"]] if ctx["fallback_reason"] else []
         cross_n, up_n = request.limits()
-        for strategy, n in ((Strategy.CROSS_SELL, cross_n), (Strategy.UP_SELL, up_n)):
-            if n == 0:
-                continue
-            items, filled = self._rank_strategy(request, strategy, n, ctx, timings)
+        wanted = [(s, n) for s, n in ((Strategy.CROSS_SELL, cross_n), (Strategy.UP_SELL, up_n)) if n > 0]
+        t0 = time.perf_counter()
+        cands = {s: self._candidates(request, s, ctx) for s, _ in wanted}
+        t1 = time.perf_counter()
+        timings["retrieval"] = t1 - t0
+        xs = {} if self.retrieval_only else self._feature_matrices(cands, ctx)
+        timings["features"] = time.perf_counter() - t1
+        for strategy, n in wanted:
+            c, x = cands[strategy], xs.get(strategy)
+            t0 = time.perf_counter()
+            scores = self.predictors[strategy](x) if x is not None else c.score.astype(np.float64)
+            t1 = time.perf_counter()
+            timings["model"] += t1 - t0
+            items, filled = self._select(request, strategy, n, c, x, scores, ctx)
+            timings["rules"] += time.perf_counter() - t1
             if filled:
                 reasons.append(f"{strategy.value}: {filled} popular item(s) added, the model found too few")
             (result.cross_sell if strategy is Strategy.CROSS_SELL else result.up_sell).extend(items)
@@ -175,23 +186,26 @@ class Ranker:
         return retrieve(self.arts, strategy, anchors, ctx["user"], ctx["scope"], request.filters,
                         self.candidate_config, ctx["ann_cache"])
 
-    def _rank_strategy(self, request, strategy, n, ctx, timings) -> tuple[list[RankedItem], int]:
+    def _feature_matrices(self, cands: dict[Strategy, Candidates], ctx: dict) -> dict[Strategy, np.ndarray]:
+        """One feature matrix over every strategy's candidates (one pass of the feature
+        table per request, not per strategy), split back into a view per strategy."""
+        live = [(s, c) for s, c in cands.items() if len(c)]
+        if not live:
+            return {}
+        cat = (lambda name: getattr(live[0][1], name)) if len(live) == 1 else (
+            lambda name: np.concatenate([getattr(c, name) for _, c in live]))  # fmt: skip
+        batch = PairBatch(self.arts, cat("items"), cat("anchors"), ctx["user"], cat("sources"), cat("score"),
+                          len(ctx["anchors"]))  # fmt: skip
+        x = feature_matrix(batch, self.features)
+        out, lo = {}, 0
+        for s, c in live:
+            out[s] = x[lo : lo + len(c)]
+            lo += len(c)
+        return out
+
+    def _select(self, request, strategy, n, c: Candidates, x, scores, ctx) -> tuple[list[RankedItem], int]:
+        """The top n of the scored candidates under the diversity cap, explained, topped up."""
         arts = self.arts
-        t0 = time.perf_counter()
-        c = self._candidates(request, strategy, ctx)
-        t1 = time.perf_counter()
-        timings["retrieval"] += t1 - t0
-        x = None
-        if len(c) and not self.retrieval_only:
-            batch = PairBatch(arts, c.items, c.anchors, ctx["user"], c.sources, c.score, len(ctx["anchors"]))
-            x = feature_matrix(batch, self.features)
-            t2 = time.perf_counter()
-            timings["features"] += t2 - t1
-            scores = self.predictors[strategy](x)
-            t1 = time.perf_counter()
-            timings["model"] += t1 - t2
-        else:
-            scores = c.score.astype(np.float64)
         order = np.argsort(-scores, kind="stable")
         top = apply_diversity(order, arts.item_category[c.items], request.filters.max_per_category, n)
         reasons = [()] * len(top)
@@ -207,7 +221,6 @@ class Ranker:
         filled = 0
         if len(items) < n:
             items, filled = self._fill(items, request, strategy, n, ctx)
-        timings["rules"] += time.perf_counter() - t1
         return items, filled
 
     def _fill(self, items, request, strategy, n, ctx) -> tuple[list[RankedItem], int]:
