@@ -78,12 +78,25 @@ class PairBatch:
         return self.arts.item_category[self.anchor_safe]
 
     @cached_property
+    def anchor_slots(self) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct anchors, each row's position among them): a cart has a few anchors,
+        so per-anchor work is done once per anchor and gathered, not once per row."""
+        return np.unique(self.anchor_safe, return_inverse=True)
+
+    def by_anchor(self, per_anchor_rows: np.ndarray) -> np.ndarray:
+        """Row i of the result: column i of the row of i's anchor in (n_anchors x n) values."""
+        return per_anchor_rows[self.anchor_slots[1], np.arange(len(self.items))]
+
+    @cached_property
     def copurchase(self) -> np.ndarray:
-        out = np.zeros(len(self.items), dtype=F32)
-        for a in np.unique(self.anchors[self.has_anchor]):
-            rows = self.anchors == a
-            out[rows] = sparse_lookup(self.arts.copurchase, int(a), self.items[rows])
-        return out
+        uniq = self.anchor_slots[0]
+        rows = np.stack([sparse_lookup(self.arts.copurchase, int(a), self.items) for a in uniq])
+        return np.where(self.has_anchor, self.by_anchor(rows), 0.0).astype(F32)
+
+    @cached_property
+    def emb_cos_anchor(self) -> np.ndarray:
+        f = self.arts.item_factors
+        return self.by_anchor(f[self.anchor_slots[0]] @ f[self.items].T)
 
     @cached_property
     def user_counts(self) -> np.ndarray:
@@ -163,8 +176,7 @@ FEATURES: tuple[Feature, ...] = (
             lambda b: b.per_anchor(b.copurchase / np.maximum(b.arts.popularity[b.anchor_safe], 1.0))),
     # embedding: ALS similarity
     Feature("emb_cos_anchor", "embedding", "cosine of anchor and candidate ALS item vectors",
-            lambda b: b.per_anchor(np.einsum("ij,ij->i", b.arts.item_factors[b.items],
-                                             b.arts.item_factors[b.anchor_safe]))),
+            lambda b: b.per_anchor(b.emb_cos_anchor)),
     Feature("emb_user_score", "embedding", "ALS score of the candidate for this shopper", _emb_user),
     # popularity and recency
     Feature("log_popularity", "popularity", "log(1 + baskets holding the candidate)",

@@ -158,16 +158,13 @@ class Ranker:
         cats = arts.categories
         allowed = None
         if f.allowed_categories:
-            allowed = cats.encode(sorted(f.allowed_categories))
-            allowed = allowed[allowed >= 0].astype(np.int32)
-        denied = cats.encode(sorted(f.denied_categories))
-        excluded = arts.items.encode(sorted(f.exclude_item_ids))
+            allowed = _known(cats, f.allowed_categories).astype(np.int32)
         scope = RequestScope(
             cart_items=cart_items,
-            cart_categories=np.unique(arts.item_category[anchors]) if len(anchors) else np.empty(0, np.int32),
-            excluded_items=excluded[excluded >= 0],
+            cart_categories=np.unique(arts.item_category[anchors]) if len(anchors) else _NO_CATEGORIES,
+            excluded_items=_known(arts.items, f.exclude_item_ids).astype(np.int64),
             allowed_categories=allowed,
-            denied_categories=denied[denied >= 0].astype(np.int32),
+            denied_categories=_known(cats, f.denied_categories).astype(np.int32),
             user=user,
         )
         return {"anchors": anchors, "user": user, "unknown": unknown, "scope": scope,
@@ -277,6 +274,17 @@ class Ranker:
             sources=sources,
             reasons=reasons,
         )
+
+
+_NO_CATEGORIES = np.empty(0, np.int32)
+
+
+def _known(vocab, ids) -> np.ndarray:
+    """Sorted indices of the ids the vocabulary knows (unknown ids cannot match anything)."""
+    if not ids:
+        return np.empty(0, np.int64)
+    codes = vocab.encode(sorted(ids))
+    return codes[codes >= 0]
 
 
 def _recent_purchases(arts: Artifacts, user: int, n: int) -> np.ndarray:
