@@ -11,8 +11,25 @@ from xsell.retrieval.artifacts import Artifacts
 from .types import Reason
 
 
-def reason_text(name: str, value: float, arts: Artifacts, item: int, anchor: int, up_sell: bool) -> str:
+def source_phrase(source: str, anchor_id: str, anchor_cat: str) -> str:
+    """What a retrieval source's proposal means, in words."""
+    return {
+        "ann": f"bought by shoppers whose baskets resemble those with {anchor_id}",
+        "copurchase": f"bought together with {anchor_id}",
+        "complement": f"a top seller of a category that goes with {anchor_cat}",
+        "history": "bought by this shopper before",
+        "category": f"a popular pricier choice in {anchor_cat}",
+        "popular": "a best seller",
+        "taste": "close to this shopper's taste",
+    }.get(source, f"proposed by the {source} source")
+
+
+def reason_text(
+    name: str, value: float, arts: Artifacts, item: int, anchor: int, up_sell: bool, sources: tuple[str, ...] = ()
+) -> str:
     anchor_id = arts.items.ids[anchor] if anchor >= 0 else "your cart"
+    anchor_cat = arts.categories.ids[arts.item_category[anchor]] if anchor >= 0 else "your cart's categories"
+    item_cat = arts.categories.ids[arts.item_category[item]]
     if math.isnan(value):
         return f"{name}: unknown"
     if name == "price_uplift_log":
@@ -21,37 +38,61 @@ def reason_text(name: str, value: float, arts: Artifacts, item: int, anchor: int
             return f"premium alternative: {pct:+.0f}% price, same category"
         return f"priced at {math.exp(value):.2f}x {anchor_id}"
     if name == "cat_lift_log":
-        cat_a = arts.categories.ids[arts.item_category[anchor]] if anchor >= 0 else "?"
-        cat_c = arts.categories.ids[arts.item_category[item]]
-        return f"shoppers buying {cat_a} buy {cat_c} {math.exp(value):.1f}x more often than average"
+        return f"shoppers buying {anchor_cat} buy {item_cat} {math.exp(value):.1f}x more often than average"
     if name == "cat_cond_prob":
-        return f"{value * 100:.0f}% of baskets with {anchor_id}'s category also hold this category"
+        return f"{value * 100:.0f}% of baskets with {anchor_cat} also hold {item_cat}"
+    if name == "cand_cat_share":
+        return f"{item_cat} is in {value * 100:.1f}% of all baskets"
     if name == "copurchase_log":
         return f"bought together with {anchor_id} in {math.expm1(value):.0f} baskets"
     if name == "copurchase_conf":
         return f"{value * 100:.1f}% of baskets with {anchor_id} also hold this item"
-    if name in ("emb_cos_anchor", "emb_user_score"):
-        return "shoppers with similar baskets buy it" if name == "emb_cos_anchor" else "matches this shopper's taste"
+    if name == "emb_cos_anchor":
+        return f"bought by shoppers whose baskets resemble those with {anchor_id}"
+    if name == "emb_user_score":
+        return "matches this shopper's taste"
     if name == "user_item_count_log":
         return f"this shopper bought it {math.expm1(value):.0f} times before"
+    if name == "user_item_days_since":
+        return f"this shopper last bought it {value:.0f} days ago"
+    if name == "user_cat_count_log":
+        return f"this shopper bought in {item_cat} {math.expm1(value):.0f} times"
+    if name == "user_cat_share":
+        return f"{value * 100:.0f}% of this shopper's purchases are in {item_cat}"
+    if name == "user_baskets_log":
+        return f"a shopper with {math.expm1(value):.0f} past baskets"
     if name in ("price_pct_vs_user", "user_price_level"):
         return "in this shopper's usual price range" if abs(value) < 0.25 else "outside this shopper's usual price range"
+    if name in ("cand_price_pct", "anchor_price_pct"):
+        what = "priced" if name == "cand_price_pct" else f"{anchor_id} is priced"
+        return f"{what} above {value * 100:.0f}% of {item_cat if name == 'cand_price_pct' else anchor_cat}"
+    if name == "log_price":
+        return f"priced at {math.expm1(value):.2f}"
     if name in ("log_popularity", "log_recent_popularity"):
-        return f"popular: in {math.expm1(value):.0f} baskets" + (" recently" if "recent" in name else "")
-    if name == "user_cat_count_log":
-        return f"this shopper bought in this category {math.expm1(value):.0f} times"
-    if name == "retrieval_score":
-        return "proposed early by several retrieval sources"
-    if name.startswith("src_"):
-        return f"proposed by the {name[4:]} source"
+        return f"popular: in {math.expm1(value):.0f} baskets" + (" in the last 28 days" if "recent" in name else "")
+    if name == "anchor_log_popularity":
+        return f"{anchor_id} is in {math.expm1(value):.0f} baskets"
+    if name == "recent_share":
+        return f"trending: {value * 100:.0f}% of its baskets are recent"
+    if name == "days_since_sale":
+        return f"last sold {value:.0f} days ago"
     if name == "pop_rank_in_cat":
-        return "a top seller of its category" if value < 0.1 else "a regular seller of its category"
+        return f"a top seller of {item_cat}" if value < 0.1 else f"a regular seller of {item_cat}"
+    if name == "margin_rate":
+        return f"margin {value * 100:.0f}%"
+    if name == "n_anchors":
+        return f"fits a cart of {value:.0f} known items"
+    if name == "retrieval_score":
+        found = [source_phrase(s, anchor_id, anchor_cat) for s in sources] or ["several retrieval sources"]
+        return "found as: " + "; ".join(found)
+    if name.startswith("src_"):
+        return source_phrase(name[4:], anchor_id, anchor_cat)
     return f"{name} = {value:.3g}"
 
 
 def top_reasons(
     contrib_row: np.ndarray, x_row: np.ndarray, names: list[str], arts: Artifacts,
-    item: int, anchor: int, up_sell: bool, n: int = 3,
+    item: int, anchor: int, up_sell: bool, n: int = 3, sources: tuple[str, ...] = (),
 ) -> tuple[Reason, ...]:  # fmt: skip
     """The n features that pushed this item's score up the most (bias column ignored)."""
     contrib = contrib_row[: len(names)]
@@ -61,7 +102,7 @@ def top_reasons(
             feature=names[j],
             value=float(x_row[j]),
             contribution=float(contrib[j]),
-            text=reason_text(names[j], float(x_row[j]), arts, item, anchor, up_sell),
+            text=reason_text(names[j], float(x_row[j]), arts, item, anchor, up_sell, sources),
         )
         for j in order
         if contrib[j] > 0

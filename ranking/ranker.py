@@ -210,7 +210,7 @@ class Ranker:
             contrib = lgbm.contributions(self.boosters[strategy], x[top])
             reasons = [
                 top_reasons(contrib[r], x[i], self.feature_names, arts, int(c.items[i]), int(c.anchors[i]),
-                            strategy is Strategy.UP_SELL)
+                            strategy is Strategy.UP_SELL, sources=c.source_names(i))
                 for r, i in enumerate(top)
             ]  # fmt: skip
         items = [self._item(c.items[i], float(scores[i]), strategy, int(c.anchors[i]), c.source_names(i), rs)
