@@ -32,8 +32,9 @@ class RequestScope:
 
 def hard_filter(arts: Artifacts, c: Candidates, strategy: Strategy, scope: RequestScope, f: Filters) -> Candidates:
     items = c.items
-    keep = arts.in_stock[items].copy()
-    keep &= ~np.isin(items, scope.cart_items)
+    keep = arts.in_stock[items]  # fancy indexing: a fresh array, safe to update
+    if len(scope.cart_items):
+        keep &= ~np.isin(items, scope.cart_items)
     if len(scope.excluded_items):
         keep &= ~np.isin(items, scope.excluded_items)
     cats = arts.item_category[items]

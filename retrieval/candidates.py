@@ -168,16 +168,16 @@ def up_sell_candidates(
     """Items of each anchor's category priced above it (band rules applied by the caller)."""
     fuse = _Fuser()
     hist = history_items(arts, user, cfg.history_k)
+    hist_cat, hist_price = arts.item_category[hist], arts.price[hist]
     for a in anchors:
         cat = arts.item_category[a]
         pricier_than = arts.price[a]
         same = arts.popular_by_category[cat]
         fuse.add(same[arts.price[same] > pricier_than][: cfg.upsell_category_k], "category", a)
-        near = ann_neighbours(arts, a, cfg.upsell_ann_k, cache)
-        near = near[(arts.item_category[near] == cat) & (arts.price[near] > pricier_than)]
-        fuse.add(near, "ann", a)
-        h = hist[(arts.item_category[hist] == cat) & (arts.price[hist] > pricier_than)]
-        fuse.add(h, "history", a)
+        if cfg.upsell_ann_k > 0:
+            near = ann_neighbours(arts, a, cfg.upsell_ann_k, cache)
+            fuse.add(near[(arts.item_category[near] == cat) & (arts.price[near] > pricier_than)], "ann", a)
+        fuse.add(hist[(hist_cat == cat) & (hist_price > pricier_than)], "history", a)
     return fuse.result()
 
 
