@@ -5,10 +5,16 @@
 //   const { createClient, call } = require('./client');
 //   const client = createClient('127.0.0.1:50051');
 //   const info = await call(client, 'GetModelInfo', {});
+//   // TLS (server-authenticated), mutual TLS, a bearer token:
+//   createClient('10.0.0.7:50051', {
+//     tls: { ca: 'ca.pem', cert: 'client.pem', key: 'client.key', serverName: 'xsell.internal' },
+//     token: process.env.XSELL_TOKEN,
+//   });
 //
 // Messages are plain objects with the .proto field names (keepCase), enums as their
 // names, 64-bit integers as strings (exact), and every field present (defaults).
 
+const fs = require('fs');
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -32,9 +38,47 @@ function loadService(protoRoot = PROTO_ROOT) {
   return grpc.loadPackageDefinition(definition).xsell.v1.RecommendService;
 }
 
-function createClient(address, { token } = {}) {
+class ClientConfigError extends Error {}
+
+const READ_ERRORS = { ENOENT: 'no such file', EACCES: 'permission denied', EISDIR: 'is a directory' };
+
+// A PEM file read now, so a bad path fails before any call, naming the option and file.
+function readPem(file, what) {
+  let data;
+  try {
+    data = fs.readFileSync(file);
+  } catch (e) {
+    const reason = READ_ERRORS[e.code] || e.message;
+    throw new ClientConfigError(`${what}: cannot read ${file}: ${reason}`);
+  }
+  // grpc-js would only fail at the handshake, with a message naming no file
+  if (!data.includes('-----BEGIN ')) throw new ClientConfigError(`${what}: ${file} is not a PEM file`);
+  return data;
+}
+
+// Channel credentials and options for `tls` = {ca, cert, key, serverName} (file paths;
+// ca absent = the system's roots); no `tls` = plaintext. Same meaning as the Python
+// TlsOptions and the `xsell recommend --tls-*` flags.
+function channelSecurity(tls) {
+  if (!tls) return { credentials: grpc.credentials.createInsecure(), options: {} };
+  if (!tls.cert !== !tls.key) {
+    throw new ClientConfigError('tls: the client certificate and key go together (mutual TLS needs both)');
+  }
+  const credentials = grpc.credentials.createSsl(
+    tls.ca ? readPem(tls.ca, 'tls.ca') : null,
+    tls.key ? readPem(tls.key, 'tls.key') : null,
+    tls.cert ? readPem(tls.cert, 'tls.cert') : null,
+  );
+  // the name checked in the server's certificate (and sent as SNI) when it is not the
+  // address's host, e.g. when dialling an IP
+  const options = tls.serverName ? { 'grpc.ssl_target_name_override': tls.serverName } : {};
+  return { credentials, options };
+}
+
+function createClient(address, { token, tls } = {}) {
   const RecommendService = loadService();
-  const client = new RecommendService(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+  const security = channelSecurity(tls);
+  const client = new RecommendService(address, security.credentials, { ...CHANNEL_OPTIONS, ...security.options });
   client.xsellToken = token || '';
   return client;
 }
@@ -57,4 +101,4 @@ function call(client, method, request, { timeoutMs = 5000 } = {}) {
   });
 }
 
-module.exports = { createClient, call, loadService, PROTO_ROOT };
+module.exports = { createClient, call, loadService, channelSecurity, ClientConfigError, PROTO_ROOT };

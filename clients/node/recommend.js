@@ -6,6 +6,11 @@
 //
 //   node recommend.js --address 127.0.0.1:50051 --user U --cart A,B --strategy up_sell --limit 5 [--explain]
 //   node recommend.js --address 127.0.0.1:50051 --request '{"user_id": "U", "cart": [{"item_id": "A"}]}'
+//
+// Security, as `xsell recommend`: --tls-ca CA.pem (TLS; --tls alone: the system's roots),
+// --tls-cert/--tls-key (mutual TLS), --tls-server-name NAME (the name in the server's
+// certificate when it is not the address's host), --token (default $XSELL_TOKEN).
+// Without a --tls* option the channel is plaintext.
 
 const { parseArgs } = require('util');
 const { createClient, call } = require('./client');
@@ -43,6 +48,29 @@ function buildRequest(values) {
   return { user_id: values.user, cart, strategy, limit, explain: values.explain };
 }
 
+// TLS is on with --tls or any of --tls-ca/--tls-cert/--tls-key (as in `xsell recommend`).
+function tlsOptions(values) {
+  const on = values.tls || ['tls-ca', 'tls-cert', 'tls-key'].some((k) => values[k] !== undefined);
+  if (!on) {
+    // a server name on a plaintext channel would be silently ignored
+    if (values['tls-server-name'] !== undefined) fail('--tls-server-name needs TLS (--tls-ca, --tls-cert or --tls)');
+    return undefined;
+  }
+  if ((values['tls-cert'] === undefined) !== (values['tls-key'] === undefined)) {
+    fail('--tls-cert and --tls-key go together (mutual TLS needs both)');
+  }
+  return { ca: values['tls-ca'], cert: values['tls-cert'], key: values['tls-key'], serverName: values['tls-server-name'] };
+}
+
+// A refused TLS handshake often reaches the client only as "Failed to connect" (with
+// TLS 1.3 the server checks the client's certificate after the client has finished).
+function unavailableHint(values) {
+  const tls = tlsOptions(values);
+  if (!tls) return ' (plaintext channel: if the server uses TLS, give --tls-ca or --tls)';
+  if (!tls.cert) return ' (if the server requires mutual TLS, give --tls-cert and --tls-key)';
+  return '';
+}
+
 async function main() {
   let values;
   try {
@@ -57,20 +85,30 @@ async function main() {
         explain: { type: 'boolean', default: false },
         token: { type: 'string', default: process.env.XSELL_TOKEN || '' },
         'timeout-ms': { type: 'string', default: '5000' },
+        tls: { type: 'boolean', default: false },
+        'tls-ca': { type: 'string' },
+        'tls-cert': { type: 'string' },
+        'tls-key': { type: 'string' },
+        'tls-server-name': { type: 'string' },
       },
     }));
   } catch (e) {
     fail(e.message);
   }
   const request = buildRequest(values);
-  const client = createClient(values.address, { token: values.token });
+  let client;
+  try {
+    client = createClient(values.address, { token: values.token, tls: tlsOptions(values) });
+  } catch (e) {
+    fail(e.message);
+  }
   const timeoutMs = Number(values['timeout-ms']);
   try {
     const modelInfo = await call(client, 'GetModelInfo', {}, { timeoutMs });
     const recommend = await call(client, 'Recommend', request, { timeoutMs });
     process.stdout.write(`${JSON.stringify({ model_info: modelInfo, recommend }, protoJsonNumbers, 2)}\n`);
   } catch (e) {
-    fail(e.message);
+    fail(e.codeName === 'UNAVAILABLE' ? `${e.message}${unavailableHint(values)}` : e.message);
   } finally {
     client.close();
   }

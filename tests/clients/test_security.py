@@ -1,17 +1,15 @@
 """The clients against a server with mutual TLS and bearer tokens (xsell.server.security).
 
-Certificates are made here with `cryptography`: a CA, a server certificate valid only
-for the name "xsell.internal" (so the client must set `server_name` when dialling
-127.0.0.1), and a client certificate signed by the CA.
+Certificates come from the shared `pki` fixture (tests/clients/conftest.py, made with
+`cryptography`): a CA, a server certificate valid only for the name "xsell.internal"
+(so the client must set `server_name` when dialling 127.0.0.1), and a client
+certificate signed by the CA.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
@@ -19,108 +17,13 @@ from xsell.clients import AsyncXsellClient, TlsOptions, XsellClient, XsellRpcErr
 
 from xsell.cli import main
 
-SERVER_NAME = "xsell.internal"
-CHECKOUT_TOKEN = "checkout-token-0123456789abcdef"
-OPS_TOKEN = "ops-admin-token-0123456789abcdef"
+from .conftest import AuthTokens
 
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Pki:
-    crypto = pytest.importorskip("cryptography", reason="certificates are made with cryptography")
-    del crypto
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    now = dt.datetime.now(dt.timezone.utc)
-
-    def cert(key, subject: str, issuer_key, issuer: str, *, ca: bool, extensions=()):
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(name(subject))
-            .issuer_name(name(issuer))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        for ext in extensions:
-            b = b.add_extension(ext, critical=False)
-        return b.sign(issuer_key, hashes.SHA256())
-
-    d = tmp_path_factory.mktemp("client-pki")
-    ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
-    ca = cert(ca_key, "xsell client-test CA", ca_key, "xsell client-test CA", ca=True)
-    server = cert(
-        server_key, "xsell server", ca_key, "xsell client-test CA", ca=False,
-        extensions=[x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]),
-                    x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])],
-    )  # fmt: skip
-    client = cert(
-        client_key, "checkout", ca_key, "xsell client-test CA", ca=False,
-        extensions=[x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])],
-    )  # fmt: skip
-
-    def write_cert(path: Path, c) -> Path:
-        path.write_bytes(c.public_bytes(serialization.Encoding.PEM))
-        return path
-
-    def write_key(path: Path, k) -> Path:
-        path.write_bytes(
-            k.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        path.chmod(0o600)
-        return path
-
-    return Pki(
-        ca=write_cert(d / "ca.pem", ca),
-        server_cert=write_cert(d / "server.pem", server),
-        server_key=write_key(d / "server.key", server_key),
-        client_cert=write_cert(d / "client.pem", client),
-        client_key=write_key(d / "client.key", client_key),
-    )
-
-
-@pytest.fixture(scope="module")
-def secure_server(ranker, bundle_root, pki):
-    security = pytest.importorskip("xsell.server.security", reason="server TLS/auth not built")
-    from xsell.server.app import create_server
-
-    tokens = security.parse_tokens(
-        f"checkout {CHECKOUT_TOKEN}\nops {OPS_TOKEN} admin\n", file="<test tokens>"
-    )
-    tls = security.TlsFiles(
-        cert=str(pki.server_cert), key=str(pki.server_key), client_ca=str(pki.ca)
-    )
-    srv, _port = create_server(
-        ranker, bundle_root=bundle_root, access_log=False, tls=tls, tokens=tokens
-    )
-    srv.start()
-    yield srv
-    srv.stop(None)
-
-
-@pytest.fixture(scope="module")
-def secure_address(secure_server) -> str:
-    return f"127.0.0.1:{secure_server.port}"
+# The certificates (`pki`), tokens (`auth_tokens`) and the mTLS + token server
+# (`secure_server`, `secure_address`) are shared fixtures in tests/clients/conftest.py.
+SERVER_NAME = "xsell.internal"  # the only name in the server certificate (Pki.server_name)
+CHECKOUT_TOKEN = AuthTokens.checkout
+OPS_TOKEN = AuthTokens.ops
 
 
 @pytest.fixture(scope="module")
