@@ -122,9 +122,9 @@ def variants(ranker) -> dict:
     from xsell.ranking import model as lgbm
 
     out = {"served": ranker}
-    if ranker.arts.neighbours is not None:
+    if ranker.arts.item_neighbours is not None:
         v = copy.copy(ranker)
-        v.arts = dataclasses.replace(ranker.arts, neighbours=None)
+        v.arts = dataclasses.replace(ranker.arts, item_neighbours=None)
         out["annoy per request"] = v
     if any(getattr(p, "kind", "") == "lleaves" for p in ranker.predictors.values()):
         v = copy.copy(ranker)

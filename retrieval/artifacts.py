@@ -22,7 +22,7 @@ from xsell.data.contract import EVENT_GRADES, Dataset
 from .ann import AnnIndex, build_index
 from .cooccurrence import ComplementTable, category_complements, copurchase_counts
 from .mf import normalize_rows, train_als
-from .neighbours import annoy_neighbours, exact_neighbours
+from .item_neighbours import annoy_neighbours, exact_neighbours
 from .vocab import Vocabulary
 
 DAY = 86_400
@@ -39,7 +39,7 @@ class RetrievalConfig:
     basket_rows: bool = True  # also factorise basket x item rows (complements, not only taste)
     n_trees: int = 20  # Annoy trees: more = better recall, bigger file
     search_k: int = 4000  # Annoy nodes inspected per query (-1 = n_trees * k)
-    neighbours_k: int = 100  # per-item neighbour table width (see neighbours.py)
+    item_neighbours_k: int = 100  # per-item neighbour table width (see item_neighbours.py)
     exact_neighbours_max_items: int = 100_000  # exact table up to here, else from Annoy
     copurchase_top_n: int = 100  # co-purchase partners kept per item
     complement_prior: float = 20.0  # pseudo-baskets shrinking category lift to 1
@@ -76,7 +76,7 @@ class Artifacts:
     popular_by_category: list[np.ndarray]  # per category, in-stock items by popularity desc
     cut_day: int  # day index (epoch days) of the data cut-off
     ann: AnnIndex | None = None
-    neighbours: np.ndarray | None = None  # int32 (n_items, k) nearest items, best first; -1 pads
+    item_neighbours: np.ndarray | None = None  # int32 (n_items, k) nearest items, best first; -1 pads
     meta: dict = field(default_factory=dict)
     complement_cache: dict = field(default_factory=dict)  # (category, n) -> top complement categories
 
@@ -108,9 +108,9 @@ class Artifacts:
             "item_bias_factors.npy", "user_factors.npy", "user_counts.npz", "user_last_day.npz",
             "user_cat_counts.npz", "copurchase.npz", "complements.npz", "retrieval_meta.json",
         ]  # fmt: skip
-        if self.neighbours is not None:
-            np.save(out / "neighbours.npy", self.neighbours)
-            written.append("neighbours.npy")
+        if self.item_neighbours is not None:
+            np.save(out / "item_neighbours.npy", self.item_neighbours)
+            written.append("item_neighbours.npy")
         return written
 
     @classmethod
@@ -145,10 +145,10 @@ class Artifacts:
             meta={k: v for k, v in meta.items() if k not in ("cut_day", "n_baskets")},
             **{k: stats[k] for k in cls.ARRAYS},
         )
-        if (out / "neighbours.npy").is_file():  # bundles before the table use Annoy per request
-            arts.neighbours = np.load(out / "neighbours.npy", allow_pickle=False)
-            if arts.neighbours.shape[0] != len(arts.items) or arts.neighbours.dtype != np.int32:
-                raise ValueError(f"neighbours.npy has shape {arts.neighbours.shape} {arts.neighbours.dtype}, "
+        if (out / "item_neighbours.npy").is_file():  # bundles before the table use Annoy per request
+            arts.item_neighbours = np.load(out / "item_neighbours.npy", allow_pickle=False)
+            if arts.item_neighbours.shape[0] != len(arts.items) or arts.item_neighbours.dtype != np.int32:
+                raise ValueError(f"item_neighbours.npy has shape {arts.item_neighbours.shape} {arts.item_neighbours.dtype}, "
                                  f"expected ({len(arts.items)}, k) int32")  # fmt: skip
         if ann_file is not None:
             arts.ann = AnnIndex(out / ann_file, item_factors.shape[1], search_k=search_k, warm=warm)
@@ -296,11 +296,11 @@ def build_artifacts(
         build_index(arts.item_factors, ann_path, n_trees=config.n_trees, seed=config.seed)
         arts.ann = AnnIndex(ann_path, config.factors, search_k=config.search_k)
         log(f"  retrieval: Annoy index, {config.n_trees} trees ({time.perf_counter() - t0:.1f}s)")
-    if config.neighbours_k > 0:
+    if config.item_neighbours_k > 0:
         if n_items <= config.exact_neighbours_max_items or arts.ann is None:
-            arts.neighbours, how = exact_neighbours(arts.item_factors, config.neighbours_k), "exact"
+            arts.item_neighbours, how = exact_neighbours(arts.item_factors, config.item_neighbours_k), "exact"
         else:
-            arts.neighbours = annoy_neighbours(arts.ann.index, n_items, config.neighbours_k, search_k=config.search_k)
+            arts.item_neighbours = annoy_neighbours(arts.ann.index, n_items, config.item_neighbours_k, search_k=config.search_k)
             how = "from Annoy"
-        log(f"  retrieval: neighbour table {n_items:,} x {config.neighbours_k}, {how} ({time.perf_counter() - t0:.1f}s)")
+        log(f"  retrieval: neighbour table {n_items:,} x {config.item_neighbours_k}, {how} ({time.perf_counter() - t0:.1f}s)")
     return arts

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .artifacts import Artifacts
-from .neighbours import neighbour_row
+from .item_neighbours import neighbour_row
 
 SOURCES = ("ann", "copurchase", "complement", "history", "category", "popular", "taste")
 SOURCE_BIT = {name: np.uint8(1 << i) for i, name in enumerate(SOURCES)}
@@ -128,8 +128,8 @@ def ann_neighbours(arts: Artifacts, item: int, k: int, cache: dict | None = None
     """
     if k <= 0:
         return np.empty(0, dtype=np.int64)
-    if arts.neighbours is not None and k <= arts.neighbours.shape[1]:
-        return neighbour_row(arts.neighbours, item, k)
+    if arts.item_neighbours is not None and k <= arts.item_neighbours.shape[1]:
+        return neighbour_row(arts.item_neighbours, item, k)
     if arts.ann is None:
         return np.empty(0, dtype=np.int64)
     asked, ids = cache.get(item, (0, None)) if cache is not None else (0, None)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from xsell.retrieval.ann import build_index
 from xsell.retrieval.mf import normalize_rows
-from xsell.retrieval.neighbours import NO_NEIGHBOUR, annoy_neighbours, exact_neighbours, neighbour_row
+from xsell.retrieval.item_neighbours import NO_NEIGHBOUR, annoy_neighbours, exact_neighbours, neighbour_row
 
 
 def brute_force(unit: np.ndarray, k: int) -> list[list[int]]:
@@ -80,7 +80,7 @@ def test_bundle_ranks_from_its_table(bundle_dir):
 
     ranker = Ranker.load(bundle_dir)
     arts = ranker.arts
-    assert arts.neighbours is not None and arts.neighbours.shape[0] == len(arts.items)
+    assert arts.item_neighbours is not None and arts.item_neighbours.shape[0] == len(arts.items)
     item = int(arts.popular_items[0])
     from_table = ann_neighbours(arts, item, 20)
     sims = arts.item_factors[from_table] @ arts.item_factors[item]
