@@ -113,6 +113,18 @@ def _user_item_days_since(b: PairBatch) -> np.ndarray:
     return np.where(last > 0, b.arts.cut_day - (last - 1), np.nan).astype(F32)
 
 
+def _repeat_cycle(b: PairBatch) -> np.ndarray:
+    """Days since the shopper last bought the candidate / their mean gap between buys of it:
+    ~1 = due again. NaN unless bought at least twice."""
+    last = sparse_lookup(b.arts.user_last_day, b.user, b.items)
+    first = sparse_lookup(b.arts.user_first_day, b.user, b.items)
+    n = b.user_counts
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = (last - first) / (n - 1)
+        since = b.arts.cut_day - (last - 1)
+        return np.where((n > 1) & (last > first), since / gap, np.nan).astype(F32)
+
+
 def _user_cat_share(b: PairBatch) -> np.ndarray:
     if b.user < 0:
         return np.full(len(b.items), np.nan, dtype=F32)
@@ -183,6 +195,16 @@ FEATURES: tuple[Feature, ...] = (
     Feature("user_cat_count_log", "user", "log(1 + shopper's purchases in the candidate's category)",
             lambda b: np.log1p(b.user_cat_counts)),
     Feature("user_cat_share", "user", "share of the shopper's purchases in the candidate's category", _user_cat_share),
+    Feature("user_item_decay", "user", "shopper's purchases of the candidate, decayed per later basket",
+            lambda b: sparse_lookup(b.arts.user_decay, b.user, b.items)),
+    Feature("repeat_cycle", "user", "days since last bought / shopper's mean days between buys of it",
+            _repeat_cycle),
+    Feature("item_repeat_rate", "user", "share of the candidate's buyers who bought it again",
+            lambda b: b.arts.item_repeat_rate[b.items]),
+    Feature("user_repeat_rate", "user", "share of the shopper's items bought more than once",
+            lambda b: b.user_value(b.arts.user_repeat_rate)),
+    Feature("knn_score", "neighbours", "TIFU-KNN: weight of the candidate among similar shoppers' purchases",
+            lambda b: sparse_lookup(b.arts.user_knn, b.user, b.items)),
     Feature("user_baskets_log", "user", "log(1 + shopper's baskets)",
             lambda b: np.log1p(b.user_value(b.arts.user_baskets))),
     # margin
@@ -194,7 +216,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("n_anchors", "retrieval", "number of known anchors in the cart",
             lambda b: np.full(len(b.items), b.n_anchors, dtype=F32)),
     *(Feature(f"src_{s}", "retrieval", f"1 if the '{s}' source proposed the candidate", _source(s))
-      for s in ("ann", "copurchase", "complement", "history", "category", "taste")),
+      for s in ("ann", "copurchase", "complement", "history", "category", "taste", "neighbours")),
 )  # fmt: skip
 
 FEATURES_BY_NAME = {f.name: f for f in FEATURES}
