@@ -82,6 +82,14 @@ class PairBatch:
             out[rows] = sparse_lookup(self.arts.copurchase, int(a), self.items[rows])
         return out
 
+    def per_anchor_lookup(self, m) -> np.ndarray:
+        """m[anchor, candidate] for an (items x items) sparse matrix; 0 without anchor."""
+        out = np.zeros(len(self.items), dtype=F32)
+        for a in np.unique(self.anchors[self.has_anchor]):
+            rows = self.anchors == a
+            out[rows] = sparse_lookup(m, int(a), self.items[rows])
+        return out
+
     @cached_property
     def user_counts(self) -> np.ndarray:
         return sparse_lookup(self.arts.user_counts, self.user, self.items)
@@ -125,6 +133,16 @@ def _repeat_cycle(b: PairBatch) -> np.ndarray:
         return np.where((n > 1) & (last > first), since / gap, np.nan).astype(F32)
 
 
+def _switch_share(b: PairBatch) -> np.ndarray:
+    out_of_anchor = np.diff(b.arts.switches.indptr)[b.anchor_safe]
+    return b.per_anchor(b.per_anchor_lookup(b.arts.switches) / np.maximum(out_of_anchor, 1.0))
+
+
+def _price_pct_vs_user_cat(b: PairBatch) -> np.ndarray:
+    level = sparse_lookup(b.arts.user_cat_price, b.user, b.cand_cat)  # mean + 1, 0 = never
+    return np.where(level > 0, b.arts.price_pct[b.items] - (level - 1), np.nan).astype(F32)
+
+
 def _user_cat_share(b: PairBatch) -> np.ndarray:
     if b.user < 0:
         return np.full(len(b.items), np.nan, dtype=F32)
@@ -158,6 +176,11 @@ FEATURES: tuple[Feature, ...] = (
             lambda b: b.arts.price_pct[b.items] - b.user_value(b.arts.user_price_level)),
     Feature("log_price", "price", "log(1 + candidate price)",
             lambda b: np.log1p(b.arts.price[b.items]).astype(F32)),
+    Feature("price_pct_vs_user_cat", "price",
+            "candidate price percentile minus the shopper's mean percentile in its category", _price_pct_vs_user_cat),
+    Feature("switch_log", "price", "log(1 + shoppers' next purchases in the category that went anchor -> candidate)",
+            lambda b: b.per_anchor(np.log1p(b.per_anchor_lookup(b.arts.switches)))),
+    Feature("switch_share", "price", "anchor -> candidate switches / anchor's switches to other items", _switch_share),
     # complement: category-level complementarity from basket co-occurrence
     Feature("cat_lift_log", "complement", "log lift P(cand category | anchor category) / P(cand category)",
             lambda b: b.per_anchor(np.log(np.maximum(b.arts.complements.lift[b.anchor_cat, b.cand_cat], 1e-4)))),

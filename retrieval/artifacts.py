@@ -22,7 +22,7 @@ from xsell.data.contract import EVENT_GRADES, Dataset
 from .ann import AnnIndex, build_index
 from .cooccurrence import ComplementTable, category_complements, copurchase_counts
 from .mf import normalize_rows, train_als
-from .shopper import decayed_vectors, neighbour_scores, repeat_rates
+from .shopper import decayed_vectors, neighbour_scores, repeat_rates, switch_counts, user_category_mean
 from .vocab import Vocabulary
 
 DAY = 86_400
@@ -74,6 +74,8 @@ class Artifacts:
     user_first_day: sp.csr_matrix  # (n_users, n_items) day index of first purchase + 1
     user_decay: sp.csr_matrix  # (n_users, n_items) basket-decayed purchase counts
     user_knn: sp.csr_matrix  # (n_users, n_items) neighbourhood score, top items per shopper
+    switches: sp.csr_matrix  # (n_items, n_items) next purchase in the category was b after a
+    user_cat_price: sp.csr_matrix  # (n_users, n_cat) mean price_pct of purchases there + 1
     item_repeat_rate: np.ndarray  # float32 (n_items,) share of buyers who bought it again
     user_repeat_rate: np.ndarray  # float32 (n_users,) share of the shopper's items bought again
     complements: ComplementTable
@@ -91,7 +93,8 @@ class Artifacts:
         "item_repeat_rate", "user_repeat_rate",
     )  # fmt: skip
 
-    SPARSE = ("user_counts", "user_last_day", "user_cat_counts", "copurchase", "user_first_day", "user_decay", "user_knn")
+    SPARSE = ("user_counts", "user_last_day", "user_cat_counts", "copurchase", "user_first_day", "user_decay", "user_knn",
+              "switches", "user_cat_price")
 
     def save(self, out: Path) -> list[str]:
         """Write every artifact into directory `out`; return the file names written."""
@@ -114,6 +117,7 @@ class Artifacts:
             "items.json", "users.json", "categories.json", "stats.npz", "item_factors.npy",
             "item_bias_factors.npy", "user_factors.npy", "user_counts.npz", "user_last_day.npz",
             "user_cat_counts.npz", "copurchase.npz", "user_first_day.npz", "user_decay.npz", "user_knn.npz",
+            "switches.npz", "user_cat_price.npz",
             "complements.npz", "retrieval_meta.json",
         ]  # fmt: skip
 
@@ -251,6 +255,8 @@ def build_artifacts(
     user_first_day.sort_indices()
     user_decay = decayed_vectors(pu, pi, basket_code[is_purchase], pd_, n_users, n_items)
     item_repeat_rate, user_repeat_rate = repeat_rates(user_counts)
+    switches = switch_counts(pu, pi, item_category[pi], pd_, n_items)
+    user_cat_price = user_category_mean(pu, item_category[pi], price_pct[pi], n_users, n_cat)
     user_cat_counts = sp.csr_matrix(
         (np.ones(len(pu), np.float32), (pu, item_category[pi])), shape=(n_users, n_cat)
     )
@@ -296,6 +302,7 @@ def build_artifacts(
         user_baskets=user_baskets, copurchase=copurchase, complements=complements,
         user_first_day=user_first_day, user_decay=user_decay, user_knn=user_knn,
         item_repeat_rate=item_repeat_rate, user_repeat_rate=user_repeat_rate,
+        switches=switches, user_cat_price=user_cat_price,
         popular_items=_popular(popularity, in_stock),
         popular_by_category=_popular_by_category(popularity, in_stock, item_category, n_cat),
         cut_day=cut_day, meta={"config": config.__dict__},

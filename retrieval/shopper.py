@@ -84,3 +84,28 @@ def top_per_row(m: sp.csr_matrix, keep: int) -> sp.csr_matrix:
     out = sp.csr_matrix((m.data[sel], (row[sel], m.indices[sel])), shape=m.shape)
     out.sort_indices()
     return out
+
+
+def switch_counts(user: np.ndarray, item: np.ndarray, category: np.ndarray, day: np.ndarray,
+                  n_items: int) -> sp.csr_matrix:
+    """(n_items, n_items): how often a shopper's next purchase in a category, on a later
+    day, was item b after item a (a != b): the observed trade-ups and trade-downs."""
+    df = pd.DataFrame({"u": user, "i": item, "c": category, "d": day}).drop_duplicates(["u", "i", "d"])
+    df = df.sort_values(["u", "c", "d"], kind="stable")
+    u, c, i, d = (df[k].to_numpy() for k in ("u", "c", "i", "d"))
+    nxt = (u[1:] == u[:-1]) & (c[1:] == c[:-1]) & (d[1:] > d[:-1]) & (i[1:] != i[:-1])
+    m = sp.csr_matrix((np.ones(int(nxt.sum()), np.float32), (i[:-1][nxt], i[1:][nxt])), shape=(n_items, n_items))
+    m.sum_duplicates()
+    m.sort_indices()
+    return m
+
+
+def user_category_mean(user: np.ndarray, category: np.ndarray, value: np.ndarray,
+                       n_users: int, n_cat: int) -> sp.csr_matrix:
+    """(n_users, n_cat) mean of `value` over the shopper's purchases in each category,
+    stored + 1 so that a mean of 0 is not an implicit zero (0 = never bought there)."""
+    df = pd.DataFrame({"u": user, "c": category, "v": value}).groupby(["u", "c"])["v"].mean().reset_index()
+    m = sp.csr_matrix(((df["v"].to_numpy() + 1).astype(np.float32), (df["u"].to_numpy(), df["c"].to_numpy())),
+                      shape=(n_users, n_cat))  # fmt: skip
+    m.sort_indices()
+    return m
