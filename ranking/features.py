@@ -91,6 +91,10 @@ class PairBatch:
         return out
 
     @cached_property
+    def switches(self) -> np.ndarray:
+        return self.per_anchor_lookup(self.arts.switches)
+
+    @cached_property
     def user_counts(self) -> np.ndarray:
         return sparse_lookup(self.arts.user_counts, self.user, self.items)
 
@@ -134,8 +138,10 @@ def _repeat_cycle(b: PairBatch) -> np.ndarray:
 
 
 def _switch_share(b: PairBatch) -> np.ndarray:
-    out_of_anchor = np.diff(b.arts.switches.indptr)[b.anchor_safe]
-    return b.per_anchor(b.per_anchor_lookup(b.arts.switches) / np.maximum(out_of_anchor, 1.0))
+    indptr = b.arts.switches.indptr
+    # distinct items the anchor's buyers switched to (row length: O(1), no per-row sum)
+    out_of_anchor = indptr[b.anchor_safe + 1] - indptr[b.anchor_safe]
+    return b.per_anchor(b.switches / np.maximum(out_of_anchor, 1.0))
 
 
 def _price_pct_vs_user_cat(b: PairBatch) -> np.ndarray:
@@ -179,8 +185,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("price_pct_vs_user_cat", "price",
             "candidate price percentile minus the shopper's mean percentile in its category", _price_pct_vs_user_cat),
     Feature("switch_log", "price", "log(1 + shoppers' next purchases in the category that went anchor -> candidate)",
-            lambda b: b.per_anchor(np.log1p(b.per_anchor_lookup(b.arts.switches)))),
-    Feature("switch_share", "price", "anchor -> candidate switches / anchor's switches to other items", _switch_share),
+            lambda b: b.per_anchor(np.log1p(b.switches))),
+    Feature("switch_share", "price", "anchor -> candidate switches / distinct items the anchor was switched to", _switch_share),
     # complement: category-level complementarity from basket co-occurrence
     Feature("cat_lift_log", "complement", "log lift P(cand category | anchor category) / P(cand category)",
             lambda b: b.per_anchor(np.log(np.maximum(b.arts.complements.lift[b.anchor_cat, b.cand_cat], 1e-4)))),
