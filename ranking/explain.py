@@ -21,6 +21,7 @@ def source_phrase(source: str, anchor_id: str, anchor_cat: str) -> str:
         "category": f"a popular pricier choice in {anchor_cat}",
         "popular": "a best seller",
         "taste": "close to this shopper's taste",
+        "neighbours": "bought by shoppers with purchases like this shopper's",
     }.get(source, f"proposed by the {source} source")
 
 
@@ -78,6 +79,24 @@ def reason_text(
         return f"last sold {value:.0f} days ago"
     if name == "pop_rank_in_cat":
         return f"a top seller of {item_cat}" if value < 0.1 else f"a regular seller of {item_cat}"
+    if name == "price_pct_vs_user_cat":
+        where = "above" if value > 0 else "below"
+        return f"{abs(value) * 100:.0f} percentile points {where} what this shopper usually pays in {item_cat}"
+    if name == "switch_log":
+        return f"{math.expm1(value):.0f} shoppers moved from {anchor_id} to it on their next {item_cat} purchase"
+    if name == "switch_share":
+        return f"{value * 100:.0f}% of the switches away from {anchor_id} went to it"
+    if name == "user_item_decay":
+        return f"bought by this shopper recently (weight {value:.2f})"
+    if name == "repeat_cycle":
+        return "due again: bought at about this interval" if 0.7 <= value <= 1.5 else (
+            f"last bought {value:.1f}x this shopper's usual interval ago")  # fmt: skip
+    if name == "item_repeat_rate":
+        return f"{value * 100:.0f}% of its buyers buy it again"
+    if name == "user_repeat_rate":
+        return f"this shopper re-buys {value * 100:.0f}% of their items"
+    if name == "knn_score":
+        return "bought by shoppers with purchases like this shopper's"
     if name == "margin_rate":
         return f"margin {value * 100:.0f}%"
     if name == "n_anchors":

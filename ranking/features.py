@@ -87,16 +87,23 @@ class PairBatch:
         """Row i of the result: column i of the row of i's anchor in (n_anchors x n) values."""
         return per_anchor_rows[self.anchor_slots[1], np.arange(len(self.items))]
 
+    def per_anchor_lookup(self, m: sp.csr_matrix) -> np.ndarray:
+        """m[anchor, candidate] for an (items x items) sparse matrix; 0 without anchor."""
+        rows = np.stack([sparse_lookup(m, int(a), self.items) for a in self.anchor_slots[0]])
+        return np.where(self.has_anchor, self.by_anchor(rows), 0.0).astype(F32)
+
     @cached_property
     def copurchase(self) -> np.ndarray:
-        uniq = self.anchor_slots[0]
-        rows = np.stack([sparse_lookup(self.arts.copurchase, int(a), self.items) for a in uniq])
-        return np.where(self.has_anchor, self.by_anchor(rows), 0.0).astype(F32)
+        return self.per_anchor_lookup(self.arts.copurchase)
 
     @cached_property
     def emb_cos_anchor(self) -> np.ndarray:
         f = self.arts.item_factors
         return self.by_anchor(f[self.anchor_slots[0]] @ f[self.items].T)
+
+    @cached_property
+    def switches(self) -> np.ndarray:
+        return self.per_anchor_lookup(self.arts.switches)
 
     @cached_property
     def user_counts(self) -> np.ndarray:
@@ -127,6 +134,30 @@ def _log_ratio(num, den):
 def _user_item_days_since(b: PairBatch) -> np.ndarray:
     last = sparse_lookup(b.arts.user_last_day, b.user, b.items)  # day + 1, 0 = never
     return np.where(last > 0, b.arts.cut_day - (last - 1), np.nan).astype(F32)
+
+
+def _repeat_cycle(b: PairBatch) -> np.ndarray:
+    """Days since the shopper last bought the candidate / their mean gap between buys of it:
+    ~1 = due again. NaN unless bought at least twice."""
+    last = sparse_lookup(b.arts.user_last_day, b.user, b.items)
+    first = sparse_lookup(b.arts.user_first_day, b.user, b.items)
+    n = b.user_counts
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = (last - first) / (n - 1)
+        since = b.arts.cut_day - (last - 1)
+        return np.where((n > 1) & (last > first), since / gap, np.nan).astype(F32)
+
+
+def _switch_share(b: PairBatch) -> np.ndarray:
+    indptr = b.arts.switches.indptr
+    # distinct items the anchor's buyers switched to (row length: O(1), no per-row sum)
+    out_of_anchor = indptr[b.anchor_safe + 1] - indptr[b.anchor_safe]
+    return b.per_anchor(b.switches / np.maximum(out_of_anchor, 1.0))
+
+
+def _price_pct_vs_user_cat(b: PairBatch) -> np.ndarray:
+    level = sparse_lookup(b.arts.user_cat_price, b.user, b.cand_cat)  # mean + 1, 0 = never
+    return np.where(level > 0, b.arts.price_pct[b.items] - (level - 1), np.nan).astype(F32)
 
 
 def _user_cat_share(b: PairBatch) -> np.ndarray:
@@ -162,6 +193,11 @@ FEATURES: tuple[Feature, ...] = (
             lambda b: b.arts.price_pct[b.items] - b.user_value(b.arts.user_price_level)),
     Feature("log_price", "price", "log(1 + candidate price)",
             lambda b: np.log1p(b.arts.price[b.items]).astype(F32)),
+    Feature("price_pct_vs_user_cat", "price",
+            "candidate price percentile minus the shopper's mean percentile in its category", _price_pct_vs_user_cat),
+    Feature("switch_log", "price", "log(1 + shoppers' next purchases in the category that went anchor -> candidate)",
+            lambda b: b.per_anchor(np.log1p(b.switches))),
+    Feature("switch_share", "price", "anchor -> candidate switches / distinct items the anchor was switched to", _switch_share),
     # complement: category-level complementarity from basket co-occurrence
     Feature("cat_lift_log", "complement", "log lift P(cand category | anchor category) / P(cand category)",
             lambda b: b.per_anchor(np.log(np.maximum(b.arts.complements.lift[b.anchor_cat, b.cand_cat], 1e-4)))),
@@ -198,6 +234,16 @@ FEATURES: tuple[Feature, ...] = (
     Feature("user_cat_count_log", "user", "log(1 + shopper's purchases in the candidate's category)",
             lambda b: np.log1p(b.user_cat_counts)),
     Feature("user_cat_share", "user", "share of the shopper's purchases in the candidate's category", _user_cat_share),
+    Feature("user_item_decay", "user", "shopper's purchases of the candidate, decayed per later basket",
+            lambda b: sparse_lookup(b.arts.user_decay, b.user, b.items)),
+    Feature("repeat_cycle", "user", "days since last bought / shopper's mean days between buys of it",
+            _repeat_cycle),
+    Feature("item_repeat_rate", "user", "share of the candidate's buyers who bought it again",
+            lambda b: b.arts.item_repeat_rate[b.items]),
+    Feature("user_repeat_rate", "user", "share of the shopper's items bought more than once",
+            lambda b: b.user_value(b.arts.user_repeat_rate)),
+    Feature("knn_score", "neighbours", "TIFU-KNN: weight of the candidate among similar shoppers' purchases",
+            lambda b: sparse_lookup(b.arts.user_knn, b.user, b.items)),
     Feature("user_baskets_log", "user", "log(1 + shopper's baskets)",
             lambda b: np.log1p(b.user_value(b.arts.user_baskets))),
     # margin
@@ -209,7 +255,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("n_anchors", "retrieval", "number of known anchors in the cart",
             lambda b: np.full(len(b.items), b.n_anchors, dtype=F32)),
     *(Feature(f"src_{s}", "retrieval", f"1 if the '{s}' source proposed the candidate", _source(s))
-      for s in ("ann", "copurchase", "complement", "history", "category", "taste")),
+      for s in ("ann", "copurchase", "complement", "history", "category", "taste", "neighbours")),
 )  # fmt: skip
 
 FEATURES_BY_NAME = {f.name: f for f in FEATURES}

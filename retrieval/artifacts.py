@@ -23,6 +23,7 @@ from .ann import AnnIndex, build_index
 from .cooccurrence import ComplementTable, category_complements, copurchase_counts
 from .mf import normalize_rows, train_als
 from .item_neighbours import annoy_neighbours, exact_neighbours
+from .shopper import decayed_vectors, neighbour_scores, repeat_rates, switch_counts, user_category_mean
 from .vocab import Vocabulary
 
 DAY = 86_400
@@ -44,6 +45,8 @@ class RetrievalConfig:
     copurchase_top_n: int = 100  # co-purchase partners kept per item
     complement_prior: float = 20.0  # pseudo-baskets shrinking category lift to 1
     recent_days: int = 28  # window for "recent popularity"
+    knn_neighbours: int = 50  # similar shoppers behind the neighbourhood score
+    knn_items: int = 100  # neighbourhood items kept per shopper
     seed: int = 0
 
 
@@ -71,6 +74,13 @@ class Artifacts:
     user_price_level: np.ndarray  # float32 (n_users,) mean price_pct of purchases, NaN = none
     user_baskets: np.ndarray  # float32 (n_users,)
     copurchase: sp.csr_matrix  # (n_items, n_items) baskets with both
+    user_first_day: sp.csr_matrix  # (n_users, n_items) day index of first purchase + 1
+    user_decay: sp.csr_matrix  # (n_users, n_items) basket-decayed purchase counts
+    user_knn: sp.csr_matrix  # (n_users, n_items) neighbourhood score, top items per shopper
+    switches: sp.csr_matrix  # (n_items, n_items) next purchase in the category was b after a
+    user_cat_price: sp.csr_matrix  # (n_users, n_cat) mean price_pct of purchases there + 1
+    item_repeat_rate: np.ndarray  # float32 (n_items,) share of buyers who bought it again
+    user_repeat_rate: np.ndarray  # float32 (n_users,) share of the shopper's items bought again
     complements: ComplementTable
     popular_items: np.ndarray  # int64, in-stock items by popularity desc
     popular_by_category: list[np.ndarray]  # per category, in-stock items by popularity desc
@@ -84,7 +94,11 @@ class Artifacts:
     ARRAYS = (
         "item_category", "price", "catalog_price", "price_pct", "margin", "in_stock", "popularity",
         "recent_popularity", "days_since_sale", "pop_rank_in_cat", "user_price_level", "user_baskets",
+        "item_repeat_rate", "user_repeat_rate",
     )  # fmt: skip
+
+    SPARSE = ("user_counts", "user_last_day", "user_cat_counts", "copurchase", "user_first_day", "user_decay", "user_knn",
+              "switches", "user_cat_price")
 
     def save(self, out: Path) -> list[str]:
         """Write every artifact into directory `out`; return the file names written."""
@@ -96,7 +110,7 @@ class Artifacts:
         np.save(out / "item_factors.npy", self.item_factors)
         np.save(out / "item_bias_factors.npy", self.item_bias_factors)
         np.save(out / "user_factors.npy", self.user_factors)
-        for name in ("user_counts", "user_last_day", "user_cat_counts", "copurchase"):
+        for name in self.SPARSE:
             sp.save_npz(out / f"{name}.npz", getattr(self, name), compressed=False)
         c = self.complements
         np.savez(out / "complements.npz", cond_prob=c.cond_prob, lift=c.lift, basket_share=c.basket_share)
@@ -106,7 +120,9 @@ class Artifacts:
         written = [
             "items.json", "users.json", "categories.json", "stats.npz", "item_factors.npy",
             "item_bias_factors.npy", "user_factors.npy", "user_counts.npz", "user_last_day.npz",
-            "user_cat_counts.npz", "copurchase.npz", "complements.npz", "retrieval_meta.json",
+            "user_cat_counts.npz", "copurchase.npz", "user_first_day.npz", "user_decay.npz", "user_knn.npz",
+            "switches.npz", "user_cat_price.npz",
+            "complements.npz", "retrieval_meta.json",
         ]  # fmt: skip
         if self.item_neighbours is not None:
             np.save(out / "item_neighbours.npy", self.item_neighbours)
@@ -131,10 +147,7 @@ class Artifacts:
             item_factors=item_factors,
             item_bias_factors=np.load(out / "item_bias_factors.npy", allow_pickle=False),
             user_factors=np.load(out / "user_factors.npy", allow_pickle=False),
-            user_counts=sp.load_npz(out / "user_counts.npz").tocsr(),
-            user_last_day=sp.load_npz(out / "user_last_day.npz").tocsr(),
-            user_cat_counts=sp.load_npz(out / "user_cat_counts.npz").tocsr(),
-            copurchase=sp.load_npz(out / "copurchase.npz").tocsr(),
+            **{name: sp.load_npz(out / f"{name}.npz").tocsr() for name in cls.SPARSE},
             complements=ComplementTable(
                 cond_prob=comp["cond_prob"], lift=comp["lift"], basket_share=comp["basket_share"],
                 n_baskets=int(meta["n_baskets"]),
@@ -247,6 +260,16 @@ def build_artifacts(
     )
     user_last_day.sort_indices()
     user_counts.sort_indices()
+    first = pd.DataFrame({"u": pu, "i": pi, "d": pd_}).groupby(["u", "i"])["d"].min().reset_index()
+    user_first_day = sp.csr_matrix(
+        ((first["d"].to_numpy() + 1).astype(np.float32), (first["u"].to_numpy(), first["i"].to_numpy())),
+        shape=(n_users, n_items),
+    )
+    user_first_day.sort_indices()
+    user_decay = decayed_vectors(pu, pi, basket_code[is_purchase], pd_, n_users, n_items)
+    item_repeat_rate, user_repeat_rate = repeat_rates(user_counts)
+    switches = switch_counts(pu, pi, item_category[pi], pd_, n_items)
+    user_cat_price = user_category_mean(pu, item_category[pi], price_pct[pi], n_users, n_cat)
     user_cat_counts = sp.csr_matrix(
         (np.ones(len(pu), np.float32), (pu, item_category[pi])), shape=(n_users, n_cat)
     )
@@ -261,6 +284,8 @@ def build_artifacts(
 
     copurchase = copurchase_counts(basket_code, item_code, n_items, top_n=config.copurchase_top_n)
     complements = category_complements(basket_code, item_category[item_code], n_cat, prior=config.complement_prior)
+    user_knn = neighbour_scores(user_decay, k=config.knn_neighbours, keep=config.knn_items)
+    log(f"  retrieval: shopper neighbourhoods ({time.perf_counter() - t0:.1f}s)")
     log(f"  retrieval: co-purchase ({copurchase.nnz:,} pairs) and category complements ({time.perf_counter() - t0:.1f}s)")
 
     # ALS on shopper rows (taste) stacked with basket rows (what goes together).
@@ -288,6 +313,9 @@ def build_artifacts(
         user_factors=user_factors, item_bias_factors=raw_item_factors, user_counts=user_counts,
         user_last_day=user_last_day, user_cat_counts=user_cat_counts, user_price_level=user_price_level,
         user_baskets=user_baskets, copurchase=copurchase, complements=complements,
+        user_first_day=user_first_day, user_decay=user_decay, user_knn=user_knn,
+        item_repeat_rate=item_repeat_rate, user_repeat_rate=user_repeat_rate,
+        switches=switches, user_cat_price=user_cat_price,
         popular_items=_popular(popularity, in_stock),
         popular_by_category=_popular_by_category(popularity, in_stock, item_category, n_cat),
         cut_day=cut_day, meta={"config": config.__dict__},

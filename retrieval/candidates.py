@@ -17,7 +17,7 @@ import numpy as np
 from .artifacts import Artifacts
 from .item_neighbours import neighbour_row
 
-SOURCES = ("ann", "copurchase", "complement", "history", "category", "popular", "taste")
+SOURCES = ("ann", "copurchase", "complement", "history", "category", "popular", "taste", "neighbours")
 SOURCE_BIT = {name: np.uint8(1 << i) for i, name in enumerate(SOURCES)}
 RRF_K = 20.0
 # names of the sources in each possible bit mask (a lookup, not a loop, per ranked item)
@@ -35,6 +35,7 @@ class CandidateConfig:
     history_k: int = 100  # shopper's own purchases
     taste_k: int = 0  # Annoy neighbours of the shopper's ALS vector; off: on Ta-Feng's
     # validation window it displaced better candidates (recall@250 0.261 -> 0.258)
+    neighbours_k: int = 50  # top items of similar shoppers (TIFU-KNN)
     popular_k: int = 60  # global popular items
     upsell_category_k: int = 150  # pricier items of the anchor's category, by popularity
     # Annoy neighbours inspected for up-sell; off: the category source already reaches
@@ -111,6 +112,15 @@ def history_items(arts: Artifacts, user: int, k: int) -> np.ndarray:
     return items[order].astype(np.int64)
 
 
+def neighbour_items(arts: Artifacts, user: int, k: int) -> np.ndarray:
+    """The top items of the shopper's neighbourhood score, best first."""
+    if user < 0 or k <= 0:
+        return np.empty(0, dtype=np.int64)
+    lo, hi = arts.user_knn.indptr[user], arts.user_knn.indptr[user + 1]
+    order = np.argsort(-arts.user_knn.data[lo:hi], kind="stable")[:k]
+    return arts.user_knn.indices[lo:hi][order].astype(np.int64)
+
+
 def copurchase_partners(arts: Artifacts, item: int, k: int) -> np.ndarray:
     lo, hi = arts.copurchase.indptr[item], arts.copurchase.indptr[item + 1]
     partners = arts.copurchase.indices[lo:hi]
@@ -158,6 +168,7 @@ def cross_sell_candidates(
             fuse.add(_interleave(picks), "complement", a)
     fuse.add(history_items(arts, user, cfg.history_k), "history")
     fuse.add(taste_items(arts, user, cfg.taste_k), "taste")
+    fuse.add(neighbour_items(arts, user, cfg.neighbours_k), "neighbours")
     fuse.add(arts.popular_items[: cfg.popular_k], "popular")
     return fuse.result()
 
