@@ -13,15 +13,24 @@ Phases, against one `xsell serve` subprocess on 127.0.0.1:
      recovery time = end of the last 0.5 s bin of probes with a failure or a median
      over 2 x the unloaded p50.
 
-The load generator is this process: asyncio + grpc.aio, requests fired on schedule
-whether or not earlier ones have answered (open loop); the lag behind the schedule is
-reported. On a 2-core host the server (`--workers 1` by default) is pinned to CPU 0 and
-the generator to CPU 1, so they do not steal from each other (other jobs on the host
-still do: the load average is recorded with every figure).
+The load generator is this process: asyncio + grpc.aio, driven by the load harness's
+open loop (`xsell.clients.loadtest.runner.open_loop`, Poisson arrivals from
+`stats.arrival_offsets`): requests fired on schedule whether or not earlier ones have
+answered. Latency here counts from when a call left; the lag behind the schedule is
+reported apart. With `--workers 1` on a 2-core host the server is pinned to CPU 0 and
+the generator to CPU 1; with `--workers 2` the workers share both cores and the
+generator runs on CPU 1 (other jobs on the host take their share too: the load average
+is recorded with every figure). Requests: a request file (`--requests`, from `xsell
+loadtest requests`) or 1-3 item carts of the bundle's items.
+
+`--refusal-cpu N` measures one thing instead: the server CPU per call refused at
+admission (in-process server with its in-flight bound taken, N calls from a client
+subprocess).
 
 Usage:
-    python benchmarks/bench_overload.py --bundle DIR [--workers 1] [--threads 8]
-        [--max-in-flight 16] [--factor 5] [--seconds 30] [--json OUT]
+    python benchmarks/bench_overload.py --bundle DIR [--requests FILE] [--workers 1]
+        [--threads N] [--max-in-flight N] [--factor 5] [--seconds 30] [--json OUT]
+    python benchmarks/bench_overload.py --bundle DIR --refusal-cpu 5000
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,10 +88,12 @@ class Server:
             return self.process.wait()
 
 
-def start_server(bundle: str, *, workers: int, threads: int, max_in_flight: int | None,
+def start_server(bundle: str, *, workers: int, threads: int | None, max_in_flight: int | None,
                  cpus: set[int] | None, log_path: Path) -> Server:  # fmt: skip
     cmd = [sys.executable, "-m", "xsell.cli", "serve", "--bundle", bundle, "--port", "0",
-           "--workers", str(workers), "--threads", str(threads), "--no-access-log"]  # fmt: skip
+           "--workers", str(workers), "--no-access-log"]  # fmt: skip
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
     if max_in_flight is not None:
         cmd += ["--max-in-flight", str(max_in_flight)]
     if workers > 1:
@@ -105,9 +117,17 @@ def start_server(bundle: str, *, workers: int, threads: int, max_in_flight: int 
 # ---------------------------------------------------------------- requests
 
 
-def make_requests(bundle: str, n: int = 2000, seed: int = 0) -> list[bytes]:
-    """Serialized RecommendRequests: 1-3 item carts from the bundle's vocabulary (seeded)."""
+def make_requests(
+    bundle: str, n: int = 2000, seed: int = 0, *, path: str | None = None
+) -> list[bytes]:
+    """Serialized RecommendRequests: those of the request file `path` (`xsell loadtest
+    requests`), else 1-3 item carts from the bundle's vocabulary (seeded)."""
     from xsell.v1 import xsell_pb2 as pb
+
+    if path is not None:
+        from xsell.clients.loadtest.mix import read_requests
+
+        return [r.SerializeToString() for r in read_requests(path)]
 
     items = json.loads((Path(bundle) / "items.json").read_text())
     users = json.loads((Path(bundle) / "users.json").read_text())
@@ -160,53 +180,68 @@ async def _one(call, payload: bytes, calls: Calls, t0: float, scheduled: float) 
 
 
 async def open_loop(port: int, payloads: list[bytes], rate: float, seconds: float, *, channels: int = 4,
-                    seed: int = 0) -> Calls:  # fmt: skip
-    """Fire calls at `rate`/s (Poisson arrivals, seeded) for `seconds`, never waiting for answers."""
-    import grpc
+                    seed: int = 0, stubs: list | None = None,
+                    pick: Callable[[int], int] | None = None) -> Calls:  # fmt: skip
+    """Fire calls at `rate`/s (Poisson arrivals, seeded) for `seconds`, never waiting for answers.
 
-    chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
-             for _ in range(channels)]  # fmt: skip
-    stubs = [_stub(c) for c in chans]
-    rng = random.Random(seed)
+    The schedule and the driver are the load harness's (`xsell.clients.loadtest`); the
+    latency recorded here counts from when the call actually left, and how late it left
+    is recorded apart (`Calls.lag`). Call i goes over `channels` new connections in
+    turn, or over `stubs[pick(i)]` when the caller brings its own connections."""
+    import grpc
+    from xsell.clients.loadtest.runner import open_loop as drive
+    from xsell.clients.loadtest.stats import arrival_offsets
+
+    chans = []
+    if stubs is None:
+        chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                 for _ in range(channels)]  # fmt: skip
+        stubs = [_stub(c) for c in chans]
+    if pick is None:
+        n = len(stubs)
+
+        def pick(i: int) -> int:
+            return i % n
+
     calls = Calls()
-    tasks = set()
+    offsets = arrival_offsets(rate, seconds, seed=seed)
     t0 = time.perf_counter()
-    t = 0.0
-    i = 0
-    while t < seconds:
-        delay = t0 + t - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.create_task(
-            _one(stubs[i % channels], payloads[i % len(payloads)], calls, t0, t)
-        )
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        i += 1
-        t += rng.expovariate(rate)
-    if tasks:
-        await asyncio.wait(tasks)
+    loop_t0 = asyncio.get_running_loop().time()
+
+    def fire(i: int, _due: float):
+        return _one(stubs[pick(i)], payloads[i % len(payloads)], calls, t0, float(offsets[i]))
+
+    def drop(_due: float) -> None:  # not reached: no cap on outstanding calls
+        raise AssertionError("open loop dropped a call")
+
+    await drive(loop_t0 + offsets, fire, max_outstanding=10**9, drop=drop)
     for c in chans:
         await c.close()
     return calls
 
 
-async def closed_loop(port: int, payloads: list[bytes], callers: int, seconds: float) -> Calls:
+async def closed_loop(port: int, payloads: list[bytes], callers: int, seconds: float,
+                      backoff: float = 0.010) -> Calls:  # fmt: skip
+    """`callers` callers (one connection each), each sending its next call when the last
+    returned, for `seconds` (the load harness's closed-loop driver). A caller refused with
+    RESOURCE_EXHAUSTED waits `backoff` s first, as the refusal asks: callers retrying at
+    once would measure the server's refusal storm, not its capacity."""
     import grpc
+    from xsell.clients.loadtest.runner import closed_loop as drive
 
     chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
              for _ in range(callers)]  # fmt: skip
+    stubs = [_stub(c) for c in chans]
     calls = Calls()
     t0 = time.perf_counter()
+    until = asyncio.get_running_loop().time() + seconds
 
-    async def caller(k: int) -> None:
-        stub = _stub(chans[k])
-        i = k
-        while time.perf_counter() - t0 < seconds:
-            await _one(stub, payloads[i % len(payloads)], calls, t0, time.perf_counter() - t0)
-            i += callers
+    async def fire(k: int, j: int, _due: float) -> None:
+        await _one(stubs[k], payloads[j % len(payloads)], calls, t0, time.perf_counter() - t0)
+        if calls.code[-1] == "RESOURCE_EXHAUSTED":
+            await asyncio.sleep(backoff)
 
-    await asyncio.gather(*(caller(k) for k in range(callers)))
+    await drive(callers, until, fire)
     for c in chans:
         await c.close()
     return calls
@@ -282,8 +317,8 @@ def run(args) -> dict:
     log_path = Path(args.log)
     server = start_server(args.bundle, workers=args.workers, threads=args.threads,
                           max_in_flight=args.max_in_flight, cpus=server_cpus, log_path=log_path)  # fmt: skip
-    payloads = make_requests(args.bundle)
-    out: dict = {"workers": args.workers, "threads": args.threads, "max_in_flight": args.max_in_flight,
+    payloads = make_requests(args.bundle, path=args.requests)
+    out: dict = {"requests": args.requests, "workers": args.workers, "threads": args.threads, "max_in_flight": args.max_in_flight,
                  "factor": args.factor, "seconds": args.seconds, "deadline_s": DEADLINE,
                  "pinned": split}  # fmt: skip
     try:
@@ -311,7 +346,9 @@ def run(args) -> dict:
         sampler = Sampler(server, 0.1, health=True)
         sampler.start()
         la = loadavg()
-        over = asyncio.run(open_loop(server.port, payloads, rate, args.seconds, channels=8, seed=2))
+        over = asyncio.run(
+            open_loop(server.port, payloads, rate, args.seconds, channels=args.channels, seed=2)
+        )
         sampler.stop()
         la_after = loadavg()
         # starts right after the overload ended: probe times count from there
@@ -360,15 +397,71 @@ def run(args) -> dict:
     return out
 
 
+_REFUSAL_CLIENT = r"""
+import asyncio, sys, grpc
+async def main(port, n, body):
+    ch = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    call = ch.unary_unary("/xsell.v1.RecommendService/Recommend")
+    codes, sem = {}, asyncio.Semaphore(16)
+    async def one():
+        async with sem:
+            try:
+                await call(body, timeout=10); c = "OK"
+            except grpc.aio.AioRpcError as e:
+                c = e.code().name
+            codes[c] = codes.get(c, 0) + 1
+    await asyncio.gather(*(one() for _ in range(200)))  # warm-up
+    print("READY", flush=True); sys.stdin.readline()
+    codes.clear()
+    await asyncio.gather(*(one() for _ in range(n)))
+    print(codes, flush=True)
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), bytes.fromhex(sys.argv[3])))
+"""
+
+
+def refusal_cpu(bundle: str, payload: bytes, calls: int) -> dict:
+    """Server CPU per refused call: an in-process server whose in-flight bound is taken
+    (one admission ticket held), so every Recommend call is refused without ranking;
+    a client subprocess sends `calls` calls, 16 at a time. CPU of this process only."""
+    import resource
+
+    from xsell.server.app import create_server
+
+    srv, port = create_server(bundle, threads=1, max_in_flight=1, access_log=False)
+    srv.start()
+    ticket = srv.admission.try_acquire()  # the bound is now full
+    client = subprocess.Popen([sys.executable, "-c", _REFUSAL_CLIENT, str(port), str(calls), payload.hex()],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert client.stdout.readline().strip() == "READY"
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        client.stdin.write("\n")
+        client.stdin.flush()
+        codes = client.stdout.readline().strip()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        client.wait(30)
+        ticket.release()
+        srv.stop(None)
+    cpu = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+    return {"calls": calls, "codes": codes, "server_cpu_us_per_refusal": cpu / calls * 1e6,
+            "load_avg": loadavg()}  # fmt: skip
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--bundle", required=True)
+    p.add_argument("--requests", default=None,
+                   help="request file (`xsell loadtest requests`); default: 1-3 item carts of the bundle's items")  # fmt: skip
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="default: the server's")
     p.add_argument("--max-in-flight", type=int, default=None)
-    p.add_argument("--callers", type=int, default=4, help="closed-loop callers measuring capacity")
+    p.add_argument("--callers", type=int, default=16, help="closed-loop callers measuring capacity")
+    p.add_argument(
+        "--channels", type=int, default=16, help="connections of the overload's open loop"
+    )
     p.add_argument("--factor", type=float, default=5.0, help="overload rate / capacity")
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--probe-rate", type=float, default=20.0)
@@ -377,8 +470,17 @@ def main() -> int:
     )
     p.add_argument("--log", default="/tmp/xsell-bench-overload.log", help="server stderr")
     p.add_argument("--json", default=None, help="write the figures here")
+    p.add_argument("--refusal-cpu", type=int, default=0, metavar="N",
+                   help="instead: server CPU per refused call, over N refusals (in-process server)")  # fmt: skip
     args = p.parse_args()
-    out = run(args)
+    if args.refusal_cpu:
+        out = refusal_cpu(
+            args.bundle, make_requests(args.bundle, path=args.requests)[0], args.refusal_cpu
+        )
+        print(f"refusal    {out['server_cpu_us_per_refusal']:.0f} us of server CPU per refused call "
+              f"({out['codes']}, load avg {out['load_avg']:.1f})")  # fmt: skip
+    else:
+        out = run(args)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0

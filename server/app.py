@@ -6,13 +6,16 @@ log, deadlines), message-size limits, keepalive and the in-flight bound into one
 `grpc.Server`. It does not start it; `XsellServer.start()` does.
 
 Overload (see xsell.server.interceptor): at most `max_in_flight` RecommendService
-calls are held (default 32; 2 x threads while a queue is standing), at most
-`threads` (default 2) run ranking code at once, the others wait for a slot; past
-the bound a call is answered RESOURCE_EXHAUSTED at once. Ranking holds the GIL, so more threads add no throughput, only
-contention: with 8 the gRPC polling thread starved under overload (issue 7 figures
-in server/README.md). The pool has
-`SPARE_THREADS` more threads than that bound, so refusals and health checks never
-wait behind ranking; gRPC's `maximum_concurrent_rpcs` (the same total) is the
+calls are held (default 32; 2 x threads while a queue stands, when calls that waited
+over 20 ms for a slot are refused too), at most `threads` (default 1) run ranking code
+at once, the others wait for a slot; past the bound a call is answered
+RESOURCE_EXHAUSTED at once. Ranking holds the GIL and each worker has one core, so a
+second ranking thread adds no throughput, only contention: under 5 x overload, with
+2 a ranking call took 12-13 ms at p50 (5.7 ms unloaded) and the accepted p99 was 115 ms
+against 48 ms with 1 (issue 7 figures in server/README.md; with 8 the gRPC polling
+thread starved). The
+pool has `SPARE_THREADS` more threads than that bound, so refusals and health checks
+never wait behind ranking; gRPC's `maximum_concurrent_rpcs` (the same total) is the
 last-resort bound that also counts health checks.
 
 Security (see xsell.server.security): TLS / mutual TLS from PEM files, bearer tokens
@@ -63,7 +66,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("xsell.server")
 
-DEFAULT_THREADS = 2  # running calls per process; see the module doc
+DEFAULT_THREADS = 1  # running calls per process; see the module doc
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024  # a request: 100 cart lines + 3 x 1000 filter ids fit easily
 MAX_SEND_BYTES = 16 * 1024 * 1024  # a 64-request batch of 2 x 100 explained items can pass 4 MiB
 HEALTH_SERVICES = ("", SERVICE_NAME)
@@ -175,6 +178,8 @@ def create_server(
     tokens: TokenTable | None = None,
     allow_unauthenticated_reload: bool = False,
     overload_in_flight: int | None = None,
+    standing_after: float = 0.100,
+    overload_wait: float = 0.020,
 ) -> tuple[XsellServer, int]:
     """A configured, unstarted server and the port it bound (port 0 = a free one).
 
@@ -186,7 +191,8 @@ def create_server(
     CA). `tokens`: demand a bearer token on every call but health (auth off when
     None). `allow_unauthenticated_reload`: with auth off, let any peer (not only
     loopback ones) call ReloadModel. Raises BindError when the address is taken,
-    SecurityConfigError for an unreadable TLS file.
+    SecurityConfigError for an unreadable TLS file. `overload_in_flight`,
+    `standing_after`, `overload_wait`: the overload rules (see `Admission`).
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -235,7 +241,13 @@ def create_server(
         allow_unauthenticated_reload=allow_unauthenticated_reload,
     )
     credentials = server_credentials(tls) if tls is not None else None  # files read before binding
-    admission = Admission(max_in_flight, threads, overload_in_flight=overload_in_flight)
+    admission = Admission(
+        max_in_flight,
+        threads,
+        overload_in_flight=overload_in_flight,
+        standing_after=standing_after,
+        overload_wait=overload_wait,
+    )
     serving = ServingInterceptor(metrics, access_log=access_log, admission=admission)
     interceptors: list[grpc.ServerInterceptor] = [serving]
     if tokens is not None:

@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        default=2,
+        default=1,
         help="calls a worker ranks at once; ranking holds the GIL, so more only adds contention "
         "(default %(default)s)",
     )

@@ -56,7 +56,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     workers: int = 1
-    threads: int = 2
+    threads: int = 1
     max_in_flight: int | None = None  # None = max(32, 2 x threads)
     metrics_port: int = 0  # 0 = no metrics endpoint
     metrics_host: str | None = None  # None = host

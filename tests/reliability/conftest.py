@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import re
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +15,6 @@ import pytest
 
 from xsell.v1 import xsell_pb2 as pb
 from xsell.v1 import xsell_pb2_grpc as pb_grpc
-
-READY = re.compile(
-    r"listening on (?P<host>[^ ]+):(?P<port>\d+) workers=(?P<n>\d+) pids=(?P<pids>[\d,]+)"
-)
 
 
 @pytest.fixture(scope="session")
@@ -216,71 +208,7 @@ def pki(tmp_path_factory) -> Pki:
     )
 
 
-# ------------------------------------------------------------ `xsell serve` subprocesses
-
-
-@dataclass
-class ServeProcess:
-    process: subprocess.Popen
-    port: int
-    pids: list[int]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-@pytest.fixture
-def serve_cli(tmp_path):
-    """serve_cli(bundle, *args, env=None) -> ServeProcess once it prints its "listening"
-    line; every process still running is killed at teardown."""
-    started: list[ServeProcess] = []
-
-    def start(bundle: Path, *args: str, env: dict | None = None, timeout: float = 90.0):
-        log_path = tmp_path / f"serve-{len(started)}.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "xsell.cli",
-            "serve",
-            "--bundle",
-            str(bundle),
-            "--port",
-            "0",
-            *args,
-        ]
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline().decode()
-            if not line:
-                break
-            match = READY.search(line)
-            if match:
-                sp = ServeProcess(
-                    proc, int(match["port"]), [int(p) for p in match["pids"].split(",")], log_path
-                )
-                started.append(sp)
-                return sp
-        proc.kill()
-        proc.wait()
-        raise AssertionError(
-            f"`xsell serve` did not start:\n{log_path.read_text(errors='replace')[-4000:]}"
-        )
-
-    yield start
-    for sp in started:
-        if sp.process.poll() is None:
-            sp.process.terminate()
-            try:
-                sp.process.wait(20)
-            except subprocess.TimeoutExpired:
-                sp.process.kill()
-                sp.process.wait()
+# `serve_cli` (real `xsell serve` subprocesses) comes from tests/conftest.py.
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """The admission state machine of the server (xsell.server.interceptor.Admission), driven
-directly: bursts are queued, a standing queue lowers the bound, idle arrivals raise it."""
+directly with fake clocks: bursts are queued, a standing queue lowers the bound and sheds
+calls that waited too long, a stall of the host is not overload, idle arrivals end it."""
 
 from __future__ import annotations
 
@@ -10,15 +11,69 @@ import pytest
 from xsell.server.errors import DeadlineExpired
 from xsell.server.interceptor import Admission
 
+from xsell.errors import Overloaded
+
 
 class Context:
-    """The two ServicerContext methods Admission uses."""
+    """The one ServicerContext method Admission uses."""
 
     def __init__(self, seconds: float) -> None:
         self.deadline = time.monotonic() + seconds
 
     def time_remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
+
+
+class Clocks:
+    """Wall and CPU time that move only when told to."""
+
+    def __init__(self) -> None:
+        self.wall = 1000.0
+        self.cpu = 5.0
+
+    def advance(self, wall: float, cpu: float) -> None:
+        self.wall += wall
+        self.cpu += cpu
+
+
+def admission(clocks: Clocks, **kwargs) -> Admission:
+    kwargs.setdefault("standing_after", 0.1)
+    kwargs.setdefault("overload_wait", 0.02)
+    return Admission(clock=lambda: clocks.wall, cpu_clock=lambda: clocks.cpu, **kwargs)
+
+
+class Waiting(threading.Thread):
+    """A call waiting for a slot in a thread: `outcome` is "slot" or the exception."""
+
+    def __init__(self, a: Admission, seconds: float = 10.0) -> None:
+        super().__init__(daemon=True)
+        self.a, self.seconds = a, seconds
+        self.outcome: object = None
+
+    def run(self) -> None:
+        try:
+            self.a.take_slot(Context(self.seconds))
+            self.outcome = "slot"
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
+            self.outcome = exc
+
+    def begin(self) -> Waiting:
+        a = self.a
+        before = a.waiting + a.shed_waiting  # an arrival may shed others as it queues
+        self.start()
+        assert wait_for(
+            lambda: a.waiting + a.shed_waiting == before + 1 or self.outcome is not None
+        )
+        return self
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.001)
+    return bool(predicate())
 
 
 def test_bursts_are_held_up_to_the_normal_bound():
@@ -33,32 +88,36 @@ def test_bursts_are_held_up_to_the_normal_bound():
 
 
 def test_a_standing_queue_lowers_the_bound_and_idle_arrivals_raise_it():
-    a = Admission(max_in_flight=10, threads=1, overload_in_flight=2, standing_after=0.05)
+    clocks = Clocks()
+    a = admission(clocks, max_in_flight=10, threads=1, overload_in_flight=2)
     running = a.try_acquire()
     a.take_slot(Context(5))  # idle arrival: takes the only slot
-    assert not a.overloaded
-    # Busy arrivals for longer than standing_after: each waits and gives up at its deadline.
-    start = time.monotonic()
-    while time.monotonic() - start < 0.2:
-        t = a.try_acquire()
-        if t is None:
-            continue
-        with pytest.raises(DeadlineExpired):
-            a.take_slot(Context(0.01))
-        t.release()
+    queued = [a.try_acquire() for _ in range(3)]
+    assert all(t is not None for t in queued) and not a.overloaded  # a burst: queued
+    first = Waiting(a, seconds=0.5).begin()  # finds the queue empty: not a standing queue
+    clocks.advance(wall=0.3, cpu=0.2)  # the queue stood while the process worked
+    waiter = Waiting(a).begin()  # this arrival finds a call waiting: overloaded
     assert a.overloaded
+    first.join(5)
+    assert isinstance(first.outcome, Overloaded)  # it had waited 300 ms: shed
+    assert a.try_acquire() is None  # 4 held >= 2
+    for t in queued:
+        t.release()
     held = [a.try_acquire() for _ in range(4)]  # one is running: room for one more
     assert sum(t is not None for t in held) == 1
     for t in held:
         if t is not None:
             t.release()
-    # The load goes away: the running call ends, arrivals find the server idle again.
-    a.slots.release()
+    # The load goes away: the running calls end, arrivals find the server idle again.
+    a.release_slot()
+    waiter.join(5)
+    assert waiter.outcome == "slot"
+    a.release_slot()
     running.release()
     for _ in range(60):
         t = a.try_acquire()
         a.take_slot(Context(1))
-        a.slots.release()
+        a.release_slot()
         t.release()
         if not a.overloaded:
             break
@@ -66,13 +125,100 @@ def test_a_standing_queue_lowers_the_bound_and_idle_arrivals_raise_it():
     assert sum(a.try_acquire() is not None for _ in range(12)) == 10
 
 
-def test_quiet_periods_are_not_overload():
-    a = Admission(max_in_flight=4, threads=2, standing_after=0.02)
-    time.sleep(0.05)  # nobody arrived for longer than standing_after: quiet, not standing
-    tickets = [a.try_acquire() for _ in range(4)]
-    assert all(t is not None for t in tickets) and not a.overloaded
-    a.take_slot(Context(1))
-    assert not a.overloaded
+def test_under_overload_a_short_queue_does_not_end_it():
+    """The overload bound keeps the queue short, so admitted calls often find nobody
+    waiting while the excess is refused; only free slots end the state. (Ending it on
+    an empty queue made it flap: bound 32, a backlog, overload again; measured.)"""
+    clocks = Clocks()
+    a = admission(clocks, max_in_flight=10, threads=1)
+    a.take_slot(Context(5))
+    first = Waiting(a, seconds=0.5).begin()
+    clocks.advance(wall=0.2, cpu=0.2)
+    second = Waiting(a).begin()
+    assert a.overloaded
+    first.join(5)
+    for _ in range(100):  # each finds the slot taken and nobody waiting, then gets the slot
+        a.release_slot()
+        second.join(5)
+        assert second.outcome == "slot"
+        second = Waiting(a).begin()
+    assert a.overloaded
+
+
+def test_a_stall_of_the_host_is_not_overload():
+    """Wall time passes but the process got no CPU: the backlog is the host's doing."""
+    clocks = Clocks()
+    a = admission(clocks, max_in_flight=10, threads=1)
+    a.take_slot(Context(5))
+    waiters = [Waiting(a).begin() for _ in range(3)]
+    clocks.advance(wall=2.0, cpu=0.01)
+    assert a.try_acquire() is not None and not a.overloaded
+    for _ in waiters:
+        a.release_slot()
+    for w in waiters:
+        w.join(5)
+    assert [w.outcome for w in waiters] == ["slot"] * 3  # all served, however late
+
+
+def test_a_busy_slot_with_nobody_waiting_is_not_overload():
+    """One thread at high but sustainable load: most arrivals find the slot taken, yet
+    the queue keeps emptying. Not a standing queue, however long it goes on."""
+    clocks = Clocks()
+    a = admission(clocks, max_in_flight=10, threads=1)
+    a.take_slot(Context(5))
+    for _ in range(8):
+        w = Waiting(a).begin()  # the slot is taken, nobody waits: it queues first
+        clocks.advance(wall=0.05, cpu=0.05)
+        a.release_slot()  # the running call ends, w gets the slot
+        w.join(5)
+        assert w.outcome == "slot"
+    assert not a.overloaded and a.shed_waiting == 0
+
+
+def test_overloaded_calls_that_waited_too_long_are_shed():
+    clocks = Clocks()
+    a = admission(clocks, max_in_flight=10, threads=1, overload_wait=0.02)
+    a.take_slot(Context(5))  # the running call
+    old = Waiting(a).begin()
+    clocks.advance(wall=0.015, cpu=0.015)
+    young = Waiting(a).begin()  # not idle; old has waited 15 ms: both still wait
+    assert old.outcome is None and young.outcome is None and not a.overloaded
+    clocks.advance(wall=0.1, cpu=0.1)  # the queue has stood for 0.115 s of CPU
+    fresh = Waiting(a).begin()  # this arrival finds it overloaded: old and young are stale
+    assert a.overloaded
+    old.join(5)
+    young.join(5)
+    assert isinstance(old.outcome, Overloaded) and isinstance(young.outcome, Overloaded)
+    assert "waited over 20 ms" in str(old.outcome)
+    assert a.shed_waiting == 2 and a.waiting == 1
+    clocks.advance(wall=0.005, cpu=0.005)
+    a.release_slot()  # fresh waited 5 ms: it gets the slot
+    fresh.join(5)
+    assert fresh.outcome == "slot" and a.running == 1
+
+
+def test_without_overload_a_long_wait_is_served():
+    """The same waits as above, but a call arrived idle meanwhile: no shedding."""
+    clocks = Clocks()
+    a = admission(clocks, max_in_flight=10, threads=2, overload_wait=0.02)
+    a.take_slot(Context(5))
+    a.take_slot(Context(5))
+    old = Waiting(a).begin()
+    clocks.advance(wall=0.5, cpu=0.05)  # under standing_after of CPU
+    a.release_slot()
+    old.join(5)
+    assert old.outcome == "slot" and a.shed_waiting == 0 and not a.overloaded
+
+
+def test_a_waiting_call_leaves_at_its_deadline():
+    a = Admission(max_in_flight=4, threads=1)
+    a.take_slot(Context(5))
+    w = Waiting(a, seconds=0.05).begin()
+    w.join(5)
+    assert isinstance(w.outcome, DeadlineExpired)
+    assert a.waiting == 0
+    a.release_slot()
+    assert a.running == 0  # the slot was freed, not handed to the call that left
 
 
 def test_waiters_are_served_in_arrival_order():
@@ -83,15 +229,21 @@ def test_waiters_are_served_in_arrival_order():
     def wait(k: int) -> None:
         a.take_slot(Context(5))
         order.append(k)
-        a.slots.release()
+        a.release_slot()
 
     threads = []
     for k in range(5):
         t = threading.Thread(target=wait, args=(k,))
         t.start()
         threads.append(t)
-        time.sleep(0.02)  # arrive one after the other
-    a.slots.release()
+        assert wait_for(lambda k=k: a.waiting == k + 1)  # arrive one after the other
+    a.release_slot()
     for t in threads:
         t.join(5)
     assert order == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("bad", [{"standing_after": 0}, {"overload_wait": -1}])
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="must be > 0"):
+        Admission(4, 1, **bad)

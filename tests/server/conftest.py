@@ -4,13 +4,7 @@ real servers on port 0, real channels."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,84 +93,4 @@ def stub(channel) -> pb_grpc.RecommendServiceStub:
     return pb_grpc.RecommendServiceStub(channel)
 
 
-# ------------------------------------------------------------ `xsell serve` subprocesses
-
-READY = re.compile(
-    r"listening on (?P<host>[^ ]+):(?P<port>\d+) workers=(?P<n>\d+) pids=(?P<pids>[\d,]+)"
-)
-
-
-@dataclass
-class ServeProcess:
-    process: subprocess.Popen
-    port: int
-    pids: list[int]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def terminate(self, timeout: float = 30.0, *, group: bool = False) -> int:
-        """SIGTERM the supervisor (or, with `group`, every process of its group, as
-        systemd does), then wait for it to exit; returns the exit code."""
-        if self.process.poll() is None:
-            if group:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            else:
-                self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-
-def start_serve(bundle: Path, log_path: Path, *args: str, timeout: float = 60.0) -> ServeProcess:
-    """Run `xsell serve` in a subprocess and wait for its "listening" line."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "xsell.cli",
-        "serve",
-        "--bundle",
-        str(bundle),
-        "--port",
-        "0",
-        *args,
-    ]
-    log_file = open(log_path, "wb")  # noqa: SIM115 - the child owns it
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # its own session: signals to its process group reach it and its workers only
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=log_file, env=env, start_new_session=True
-    )
-    log_file.close()
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline().decode()
-        if not line:
-            break  # exited
-        match = READY.search(line)
-        if match:
-            return ServeProcess(
-                proc, int(match["port"]), [int(p) for p in match["pids"].split(",")], log_path
-            )
-    proc.kill()
-    proc.wait()
-    raise AssertionError(
-        f"`xsell serve` did not start:\n{log_path.read_text(errors='replace')[-4000:]}"
-    )
-
-
-@pytest.fixture
-def serve_cli(tmp_path):
-    """Factory: start `xsell serve` subprocesses; kills any still running at teardown."""
-    started: list[ServeProcess] = []
-
-    def start(bundle: Path, *args: str, timeout: float = 60.0) -> ServeProcess:
-        proc = start_serve(bundle, tmp_path / f"serve-{len(started)}.log", *args, timeout=timeout)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.process.poll() is None:
-            proc.process.kill()
-            proc.process.wait()
+# `serve_cli` (real `xsell serve` subprocesses) comes from tests/conftest.py.

@@ -270,6 +270,46 @@ def test_over_the_in_flight_bound_answers_resource_exhausted(make_server, facts)
     assert stub.Recommend(one_request(facts)).cross_sell  # and the server recovers
 
 
+def outcome(fn, *args, **kwargs) -> tuple[str, str]:
+    """(status code name, details) of a call: ("OK", "") or its error."""
+    try:
+        fn(*args, **kwargs)
+        return "OK", ""
+    except grpc.RpcError as err:
+        return err.code().name, err.details()
+
+
+@pytest.mark.parametrize("standing_after", [0.05, 30.0], ids=["overloaded", "busy"])
+def test_overloaded_a_call_that_waited_too_long_is_shed(make_server, facts, standing_after):
+    """The queueing-delay rule over a real socket: while a queue stands (here: for 50 ms
+    of CPU time), a call that waited more than overload_wait is refused at once rather
+    than run late. With the same waits but no overload (standing_after 30 s) it runs."""
+    srv, stub, _ = make_server(
+        threads=1, max_in_flight=8, standing_after=standing_after, overload_wait=0.1
+    )
+    with ThreadPoolExecutor(3) as pool:
+        slow = pool.submit(stub.RecommendBatch, heavy_batch(facts), timeout=30)
+        assert wait_until(lambda: srv.admission.running == 1)
+        first = pool.submit(outcome, stub.Recommend, one_request(facts), timeout=20)
+        assert wait_until(lambda: srv.admission.waiting == 1)
+        time.sleep(0.3)  # first waits 300 ms > overload_wait while the batch burns CPU
+        second = pool.submit(outcome, stub.Recommend, one_request(facts), timeout=20)
+        code, details = first.result(timeout=20)
+        first_done_before_batch = not slow.done()
+        assert len(slow.result().responses) == 64  # the running call is unharmed
+        if standing_after < 1:
+            assert first_done_before_batch, "the refusal waited for the slot instead"
+            assert code == "RESOURCE_EXHAUSTED", details
+            assert details.startswith("overloaded: waited over 100 ms") and "retry" in details
+            assert srv.admission.shed_waiting >= 1
+        else:
+            assert (code, details) == ("OK", "")
+            assert second.result(timeout=20) == ("OK", "")
+            assert srv.admission.shed_waiting == 0
+        second.result(timeout=20)
+    assert stub.Recommend(one_request(facts)).cross_sell  # and the server serves again
+
+
 def test_deadline_exceeded_stops_the_work(make_server, facts):
     srv, stub, _ = make_server()
     batch = heavy_batch(facts)
