@@ -46,7 +46,8 @@ class TrainConfig:
     # per query: the top half by retrieval score + a seeded random rest. Large: sampling
     # to 60 cost 0.02 NDCG@10 on Ta-Feng's cross-sell (the ranker must see the low-score tail).
     max_negatives: int = 400
-    disabled_feature_groups: tuple[str, ...] = ()  # ablations: e.g. ("price",) or ("complement",)
+    # ablations: e.g. ("price",) or ("complement",); "neighbours" is off with the KNN score
+    disabled_feature_groups: tuple[str, ...] = ("neighbours",)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -35,7 +35,7 @@ class CandidateConfig:
     history_k: int = 100  # shopper's own purchases
     taste_k: int = 0  # Annoy neighbours of the shopper's ALS vector; off: on Ta-Feng's
     # validation window it displaced better candidates (recall@250 0.261 -> 0.258)
-    neighbours_k: int = 50  # top items of similar shoppers (TIFU-KNN)
+    neighbours_k: int = 0  # top items of similar shoppers (TIFU-KNN; needs RetrievalConfig.knn_neighbours)
     popular_k: int = 60  # global popular items
     upsell_category_k: int = 150  # pricier items of the anchor's category, by popularity
     # Annoy neighbours inspected for up-sell; off: the category source already reaches

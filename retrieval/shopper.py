@@ -50,11 +50,11 @@ def neighbour_scores(decayed: sp.csr_matrix, k: int = 50, keep: int = 100, chunk
     the similarity-weighted mean of the k most similar shoppers' (cosine of decayed
     vectors) normalised vectors. Items the shopper bought are kept too (features decide)."""
     n_users, n_items = decayed.shape
+    k = min(k, max(n_users - 1, 0))
+    if k <= 0 or decayed.nnz == 0:
+        return sp.csr_matrix((n_users, n_items), dtype=np.float32)
     norm = np.sqrt(np.asarray(decayed.multiply(decayed).sum(axis=1)).ravel())
     unit = (sp.diags(1.0 / np.maximum(norm, 1e-12)).astype(np.float32) @ decayed).tocsr()
-    k = min(k, max(n_users - 1, 0))
-    if k == 0 or decayed.nnz == 0:
-        return sp.csr_matrix((n_users, n_items), dtype=np.float32)
     unit_t = unit.T.tocsr()
     parts = []
     # chunk by chunk: the similarity block and the chunk's score rows are the only large

@@ -34,7 +34,7 @@ def arts():
         "basket_id": [f"{u}-{d}" for u, _, d in LINES],
     })  # fmt: skip
     data = Dataset(events, CATALOG, None, CleaningReport())
-    return build_artifacts(data, until=CUT_DAY * DAY, config=RetrievalConfig(factors=4, iterations=2), log=lambda *a: None)
+    return build_artifacts(data, until=CUT_DAY * DAY, config=RetrievalConfig(factors=4, iterations=2, knn_neighbours=2), log=lambda *a: None)
 
 
 def _feature(arts, name, user_id, items, anchor="a"):

@@ -89,3 +89,7 @@ def test_neighbour_scores_of_a_single_shopper_are_empty():
 def test_neighbour_scores_keep_at_most_keep_items(keep):
     u = sp.csr_matrix(np.eye(4, dtype=np.float32) + np.roll(np.eye(4, dtype=np.float32), 1, axis=1))
     assert np.diff(neighbour_scores(u, k=2, keep=keep).indptr).max() <= keep
+
+
+def test_neighbour_scores_are_off_with_k_zero():
+    assert neighbour_scores(sp.csr_matrix(np.ones((3, 2), np.float32)), k=0).nnz == 0
