@@ -21,14 +21,19 @@ import time
 from pathlib import Path
 
 
-def _run(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of a child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def _run(cmd: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system) of a child process;
+    on a shared host CPU time moves much less than wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = usage.ru_maxrss
+    cpu0 = usage.ru_utime + usage.ru_stime
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime - cpu0
     # ru_maxrss of RUSAGE_CHILDREN is the largest child so far; runs are in increasing order of size
-    return wall, max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
+    return wall, max(usage.ru_maxrss, before) / 1024, cpu
 
 
 def main() -> int:
@@ -40,14 +45,14 @@ def main() -> int:
     data, bundle = args.workdir / "tafeng", args.workdir / "bundle"
     xsell = [sys.executable, "-m", "xsell.cli"]
 
-    data_wall, data_rss = _run([*xsell, "data", "tafeng", "--out", str(data)])
+    data_wall, data_rss, data_cpu = _run([*xsell, "data", "tafeng", "--out", str(data)])
     runs = []
     for _ in range(args.runs):
-        wall, rss = _run([*xsell, "train", "--events", str(data / "events.parquet"), "--catalog",
+        wall, rss, cpu = _run([*xsell, "train", "--events", str(data / "events.parquet"), "--catalog",
                           str(data / "catalog.parquet"), "--users", str(data / "users.parquet"),
                           "--out", str(bundle), "--overwrite"])  # fmt: skip
         stages = json.loads((bundle / "manifest.json").read_text())["stage_seconds"]
-        runs.append((wall, rss, stages))
+        runs.append((wall, rss, stages, cpu))
 
     from xsell.ranking.ranker import Ranker
 
@@ -65,6 +70,7 @@ def main() -> int:
     for name in runs[0][2]:
         print(f"| train: {name} | {med([r[2][name] for r in runs]):.1f} |")
     print(f"| xsell train, whole command (incl. loading) | {med([r[0] for r in runs]):.1f} |")
+    print(f"\nCPU seconds (user + system, all threads): data {data_cpu:.1f}, train {med([r[3] for r in runs]):.1f}")
     print(f"\npeak RSS: data {data_rss:.0f} MiB, train {med([r[1] for r in runs]):.0f} MiB")
     print(f"bundle: {size:.1f} MiB on disk; Ranker.load median {med(loads) * 1e3:.0f} ms over {len(loads)} loads")
     return 0
