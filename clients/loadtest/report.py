@@ -278,14 +278,12 @@ class Progress:
         self.buf: list[np.ndarray] = []
         self.errors = 0
         self.calls = 0
-        self.last = None
+        self.last = 0.0  # elapsed at the last line: the first line comes 1 s into the run
 
     def __call__(self, elapsed: float, proc: int, errors: int, latencies: np.ndarray) -> None:
         self.buf.append(latencies)
         self.errors += errors
         self.calls += len(latencies) + errors
-        if self.last is None:
-            self.last = elapsed
         if elapsed - self.last < 1.0:
             return
         lat = np.concatenate(self.buf) if self.buf else np.empty(0)

@@ -214,9 +214,12 @@ def test_kill_9_of_one_worker_under_load(serve_cli, bundle_dir, known_items):
     lost = codes["UNAVAILABLE"]
     print(f"\nkill -9 of 1 of 2 workers under {callers} callers: {codes['OK']} ok, {lost} lost "
           f"({dict(codes)}), replacement serving after {restart_seconds:.1f}s")  # fmt: skip
-    # Only calls in flight on the dead worker may fail: at most one per caller. The
-    # survivor, serving everyone alone meanwhile, may shed (RESOURCE_EXHAUSTED: "retry").
-    assert lost <= callers, dict(codes)
+    # Only calls on the dead worker may fail: the one in flight per caller, and at most
+    # one more per caller whose re-dialled connection the kernel handed to the dying
+    # worker's listening socket (SO_REUSEPORT) in the instant before it closed (seen
+    # once in ~10 runs on a loaded host). The survivor, serving everyone alone
+    # meanwhile, may shed (RESOURCE_EXHAUSTED: "retry").
+    assert lost <= 2 * callers, dict(codes)
     assert set(codes) <= {"OK", "UNAVAILABLE", "RESOURCE_EXHAUSTED"}, dict(codes)
     assert "died" in proc.log()
 
