@@ -356,7 +356,8 @@ def test_short_deadlines_fail_fast_and_queued_calls_are_not_run(make_server, kno
         assert time.perf_counter() - start < 0.5
 
         time.sleep(0.3)  # the server may or may not have seen that call; let it settle
-        expired_before = count("DEADLINE_EXCEEDED")
+        # (with ranking at ~1.5 ms it may even have answered it in time: OK on the server)
+        expired_before, ok_before = count("DEADLINE_EXCEEDED"), count("OK")
 
         # One slow call holds the only work slot; five short-deadline calls queue behind it.
         slow = pool.submit(stub.RecommendBatch, heavy_batch(known_items), timeout=60)
@@ -377,7 +378,7 @@ def test_short_deadlines_fail_fast_and_queued_calls_are_not_run(make_server, kno
         # The server gave up on them while they waited: none was ranked, none got OK, and
         # each left the queue about when its deadline passed, not when the slot freed.
         assert wait_until(lambda: count("DEADLINE_EXCEEDED") == expired_before + 5, timeout=5)
-        assert count("OK") == 0
+        assert count("OK") == ok_before
         assert not slow.done()
         waited = srv.metrics.sample("xsell_request_latency_seconds_sum", {"method": "Recommend"})
         assert waited < 5 * 0.5 + 0.1, waited  # each gave up near its 0.2 s deadline
