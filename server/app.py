@@ -6,8 +6,9 @@ log, deadlines), message-size limits, keepalive and the in-flight bound into one
 `grpc.Server`. It does not start it; `XsellServer.start()` does.
 
 Overload (see xsell.server.interceptor): at most `max_in_flight` RecommendService
-calls are held (default 32; 2 x threads while a queue stands, when calls that waited
-over 20 ms for a slot are refused too), at most `threads` (default 1) run ranking code
+calls are held (default 64; 2 x threads while overloaded, i.e. once that bound was
+reached or calls waited over 50 ms for a slot for 100 ms of CPU time, when calls that
+waited over 20 ms for a slot are refused too), at most `threads` (default 1) run ranking code
 at once, the others wait for a slot; past the bound a call is answered
 RESOURCE_EXHAUSTED at once. Ranking holds the GIL and each worker has one core, so a
 second ranking thread adds no throughput, only contention: under 5 x overload, with
@@ -179,6 +180,7 @@ def create_server(
     allow_unauthenticated_reload: bool = False,
     overload_in_flight: int | None = None,
     standing_after: float = 0.100,
+    target_wait: float = 0.050,
     overload_wait: float = 0.020,
 ) -> tuple[XsellServer, int]:
     """A configured, unstarted server and the port it bound (port 0 = a free one).
@@ -192,7 +194,7 @@ def create_server(
     None). `allow_unauthenticated_reload`: with auth off, let any peer (not only
     loopback ones) call ReloadModel. Raises BindError when the address is taken,
     SecurityConfigError for an unreadable TLS file. `overload_in_flight`,
-    `standing_after`, `overload_wait`: the overload rules (see `Admission`).
+    `standing_after`, `target_wait`, `overload_wait`: the overload rules (see `Admission`).
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -246,6 +248,7 @@ def create_server(
         threads,
         overload_in_flight=overload_in_flight,
         standing_after=standing_after,
+        target_wait=target_wait,
         overload_wait=overload_wait,
     )
     serving = ServingInterceptor(metrics, access_log=access_log, admission=admission)

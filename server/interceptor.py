@@ -8,15 +8,17 @@ through untouched: they must stay cheap.
 
 Overload (`Admission`): at most `threads` RecommendService calls run ranking code at
 once; the others wait for a slot, in arrival order. At most `max_in_flight` calls are
-held (running + waiting). While a queue stands (no arrival found the queue empty for
-`standing_after` of CPU time) the bound is `overload_in_flight` (2 x threads) and a call
-that has waited more than `overload_wait` (20 ms) is refused instead of run late. A
-call past the bound is answered RESOURCE_EXHAUSTED at once, without being received or
-deserialised, by a request-streaming handler that sets the status and returns (the
-cheapest refusal the Python API allows). The gRPC thread pool has
-`max_in_flight + SPARE_THREADS` threads, so a refusal or a health check never waits
-behind ranking work; gRPC's own `maximum_concurrent_rpcs` (same number) is only the
-last-resort bound on calls held by the process (it counts health checks too).
+held (running + waiting). The server is *overloaded* when that bound is reached, or when
+the oldest waiting call has waited over `target_wait` (50 ms) at every arrival for
+`standing_after` of CPU time (a queue that stands and is slow); then the bound is
+`overload_in_flight` (2 x threads) and a call that has waited more than `overload_wait`
+(20 ms) is refused instead of run late. A call past the bound is answered
+RESOURCE_EXHAUSTED at once, without being received or deserialised, by a
+request-streaming handler that sets the status and returns (the cheapest refusal the
+Python API allows). The gRPC thread pool has `max_in_flight + SPARE_THREADS` threads,
+so a refusal or a health check never waits behind ranking work; gRPC's own
+`maximum_concurrent_rpcs` (same number) is only the last-resort bound on calls held by
+the process (it counts health checks too).
 
 A request that is not a valid protobuf message is answered INVALID_ARGUMENT (field
 `request`) instead of gRPC's INTERNAL "Exception deserializing request!": the
@@ -51,7 +53,7 @@ ACCESS_LOGGER = "xsell.access"
 log = logging.getLogger("xsell.server")
 _MAX_LOGGED_ID = 128  # ids are logged, truncated: a 1 MB "user id" must not fill the log
 SPARE_THREADS = 32  # pool threads beyond max_in_flight: refusals and health never queue
-DEFAULT_MAX_IN_FLIGHT = 32
+DEFAULT_MAX_IN_FLIGHT = 64
 
 
 def _short(value: str) -> str:
@@ -139,24 +141,36 @@ class Admission:
     """The in-flight bounds (admitted calls), the work slots (calls running) and the
     queue of calls waiting for a slot.
 
-    After "adaptive controlled delay" (Facebook, "Fail at Scale", 2015): a busy but
-    healthy server queues its bursts, an overloaded one keeps its queue short.
+    After "adaptive controlled delay" (Facebook, "Fail at Scale", 2015, and CoDel): a
+    busy but healthy server queues its bursts, an overloaded one keeps its queue short.
 
     Normal: up to `max_in_flight` calls are held (running + waiting); a waiting call
-    waits until its deadline. Overloaded: no arriving call has found the queue empty
-    (nobody waiting for a slot) for `standing_after` seconds of this process's *CPU
-    time*, i.e. a queue stands while the process works. CPU time, not wall time: when
-    the host stops the process for a while, calls pile up meanwhile and then arrive
-    all at once; that backlog is a stall of the host, not more load than the server can
-    take, and it drains. While overloaded, two rules keep what is accepted fast:
-    at most `overload_in_flight` (2 x threads) calls are held, the excess is refused at
-    arrival by the cheap refusal path; and a call that has waited more than
-    `overload_wait` for a slot is refused (RESOURCE_EXHAUSTED, `Overloaded`) instead of
-    running late: first of all the backlog that built up before the overload was
-    detected. The state ends when arrivals that find a free slot are common again (an
-    average over the last ~50 arrivals, refused ones included, above 20%): one lucky
-    arrival during an overload must not reopen the gates to a backlog that gRPC core
-    holds, nor may a queue that the overload bound itself keeps short.
+    waits until its deadline. A closed loop of callers (each sends its next call when
+    the last one is answered) can never hold more calls than it has callers, so it is
+    never refused, however busy: the queue it builds is bounded and drains.
+
+    Overloaded, entered when either
+      - an arrival finds `max_in_flight` calls held (more work queued than the bound
+        allows: arrivals outpace the service), or
+      - the queue stood and was slow: at every arrival for `standing_after` seconds of
+        this process's *CPU time* the oldest waiting call had waited `target_wait` or
+        more. CPU time, not wall time: when the host stops the process for a while,
+        calls pile up meanwhile and then arrive all at once; that backlog is a stall of
+        the host, not more load than the server can take, and it drains.
+    While overloaded, two rules keep what is accepted fast: at most `overload_in_flight`
+    (2 x threads) calls are held, the excess is refused at arrival by the cheap refusal
+    path; and a call that has waited more than `overload_wait` for a slot is refused
+    (RESOURCE_EXHAUSTED, `Overloaded`) instead of running late: first of all the backlog
+    that built up before the overload was detected. The state ends when arrivals that
+    find a free slot are common again (an average over the last ~50 arrivals, refused
+    ones included, above 20%): one lucky arrival during an overload must not reopen the
+    gates to a backlog that gRPC core holds, nor may a queue that the overload bound
+    itself keeps short.
+
+    (Before: a queue that merely stood, whatever its waits, for 100 ms of CPU time meant
+    overload. A closed loop of 8 callers per worker keeps a queue standing by itself, so
+    16 callers were refused 25-35% of their calls: measured by bench_overload's capacity
+    phase, issue 6.)
 
     Waiting calls get their slot in arrival order (FIFO), handed over directly by the
     call that frees it. `clock` (wall) and `cpu_clock` are injectable for tests.
@@ -172,6 +186,7 @@ class Admission:
         *,
         overload_in_flight: int | None = None,
         standing_after: float = 0.100,
+        target_wait: float = 0.050,
         overload_wait: float = 0.020,
         clock: Callable[[], float] = time.monotonic,
         cpu_clock: Callable[[], float] = time.process_time,
@@ -180,21 +195,23 @@ class Admission:
             raise ValueError(
                 f"max_in_flight and threads must be >= 1, got {max_in_flight}, {threads}"
             )
-        if not standing_after > 0 or not overload_wait > 0:
+        if not standing_after > 0 or not overload_wait > 0 or not target_wait >= 0:
             raise ValueError(
-                f"standing_after and overload_wait must be > 0, got {standing_after}, {overload_wait}"
+                "standing_after and overload_wait must be > 0 and target_wait >= 0, got "
+                f"{standing_after}, {overload_wait}, {target_wait}"
             )
         self.max_in_flight = max_in_flight
         self.threads = threads
         self.overload_in_flight = min(max_in_flight, overload_in_flight or 2 * threads)
         self.standing_after = standing_after
+        self.target_wait = target_wait
         self.overload_wait = overload_wait
         self._clock, self._cpu_clock = clock, cpu_clock
         self._lock = threading.Lock()
         self._held = 0
         self._running = 0
         self._queue: deque[_Waiter] = deque()  # oldest first
-        self._last_idle = cpu_clock()  # CPU time of the last arrival that found nobody waiting
+        self._last_fast = cpu_clock()  # CPU time of the last arrival that found no slow queue
         self._idle_share = 1.0  # moving average of "this arrival found a free slot"
         self.overloaded = False
         self.shed_waiting = 0  # calls refused after waiting longer than overload_wait
@@ -212,19 +229,21 @@ class Admission:
     def waiting(self) -> int:
         return len(self._queue)
 
-    def _arrival(self, queue_empty: bool, free: bool) -> None:
+    def _arrival(self, free: bool, *, full: bool = False) -> None:
         """Update the overload state for one arrival (call with the lock held).
 
-        Two signals: `queue_empty` (nobody was waiting: at worst this call waits for the
-        running ones) resets the standing-queue clock; `free` (a slot was free too) feeds
-        the average that ends an overload. A free slot as the entry signal would be too
-        strict with one thread (at 70% load 70% of arrivals find the slot taken); an
-        empty queue as the exit signal too lax (under overload the bound of 2 x threads
-        keeps the queue short, so it empties often while the excess is refused)."""
+        Two signals: `free` (a slot was free) feeds the average that ends an overload;
+        the age of the oldest waiting call (under `target_wait`, or nobody waiting)
+        resets the slow-queue clock. `full`: the arrival found the normal bound reached.
+        A free slot as the entry signal would be too strict with one thread (at 70% load
+        70% of arrivals find the slot taken); an empty queue as the exit signal too lax
+        (under overload the bound of 2 x threads keeps the queue short, so it empties
+        often while the excess is refused)."""
         self._idle_share = self._idle_share * self._DECAY + (1 - self._DECAY) * free
         cpu = self._cpu_clock()
-        if queue_empty:
-            self._last_idle = cpu
+        queue = self._queue
+        if not queue or self._clock() - queue[0].since < self.target_wait:
+            self._last_fast = cpu
         if self.overloaded:
             self._refused_now += not free
             if self._idle_share > self.EXIT_IDLE_SHARE:
@@ -236,14 +255,19 @@ class Admission:
                     self._refused_now,
                     self.shed_waiting - self._shed_before,
                 )
-        elif cpu - self._last_idle > self.standing_after:
+        elif full or cpu - self._last_fast > self.standing_after:
             self.overloaded = True
             self._idle_share = 0.0  # the queue stood for standing_after: start from there
             self._since, self._refused_now, self._shed_before = self._clock(), 0, self.shed_waiting
+            why = (
+                f"{self.max_in_flight} calls held"
+                if full
+                else f"calls waited over {self.target_wait * 1e3:.0f} ms for "
+                f"{(cpu - self._last_fast) * 1e3:.0f} ms of CPU time"
+            )
             log.warning(
-                "overloaded: a queue stood for %.0f ms of CPU time; holding at most %d calls, "
-                "shedding calls that wait over %.0f ms",
-                (cpu - self._last_idle) * 1e3,
+                "overloaded: %s; holding at most %d calls, shedding calls that wait over %.0f ms",
+                why,
                 self.overload_in_flight,
                 self.overload_wait * 1e3,
             )
@@ -265,7 +289,7 @@ class Admission:
         with self._lock:
             bound = self.overload_in_flight if self.overloaded else self.max_in_flight
             if self._held >= bound:
-                self._arrival(False, False)  # refused: certainly not idle
+                self._arrival(False, full=not self.overloaded)  # refused: certainly not idle
                 return None
             self._held += 1
         return Ticket(self)
@@ -279,7 +303,7 @@ class Admission:
         first, Overloaded when the call waited longer than overload_wait while overloaded."""
         with self._lock:
             free = self._running < self.threads and not self._queue
-            self._arrival(not self._queue, free)
+            self._arrival(free)
             if free:
                 self._running += 1
                 return

@@ -1,11 +1,13 @@
 """The admission state machine of the server (xsell.server.interceptor.Admission), driven
-directly with fake clocks: bursts are queued, a standing queue lowers the bound and sheds
-calls that waited too long, a stall of the host is not overload, idle arrivals end it."""
+directly with fake clocks: bursts are queued, reaching the bound or a queue that stands
+with long waits lowers the bound and sheds calls that waited too long, a closed loop of
+callers and a stall of the host are not overload, idle arrivals end it."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 import pytest
 from xsell.server.errors import DeadlineExpired
@@ -76,11 +78,13 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:
     return bool(predicate())
 
 
-def test_bursts_are_held_up_to_the_normal_bound():
+def test_bursts_are_held_up_to_the_normal_bound_and_reaching_it_is_overload():
     a = Admission(max_in_flight=6, threads=1, standing_after=10.0)
-    tickets = [a.try_acquire() for _ in range(8)]
-    assert [t is not None for t in tickets] == [True] * 6 + [False] * 2
-    assert a.held == 6 and not a.overloaded
+    tickets = [a.try_acquire() for _ in range(6)]
+    assert all(t is not None for t in tickets) and not a.overloaded  # a burst: held
+    assert a.try_acquire() is None and a.overloaded  # arrivals outpace the service
+    assert a.try_acquire() is None
+    assert a.held == 6
     for t in tickets[:6]:
         t.release()
         t.release()  # idempotent: the handler's finally and the GC finalizer may both call
@@ -175,15 +179,42 @@ def test_a_busy_slot_with_nobody_waiting_is_not_overload():
     assert not a.overloaded and a.shed_waiting == 0
 
 
+@pytest.mark.parametrize(
+    ("service_s", "overloaded"), [(0.002, False), (0.010, True)], ids=["fast", "slow"]
+)
+def test_a_closed_loop_is_refused_only_when_its_waits_are_long(service_s, overloaded):
+    """8 callers, one slot: each sends its next call when the last is answered, so a
+    queue of 6-7 calls stands for good. At 2 ms a call the oldest waited ~14 ms: a busy
+    server, never overload (the old rule, any standing queue, refused 25-35% of such a
+    load's calls). At 10 ms a call it waited ~70 ms at every arrival: overload."""
+    clocks = Clocks()
+    a = admission(clocks, max_in_flight=64, threads=1, standing_after=0.1, target_wait=0.05)
+    a.take_slot(Context(5))  # the first caller's call runs
+    waiting = deque(Waiting(a).begin() for _ in range(7))
+    for _ in range(60):  # 60 calls: 0.12 s (fast) or 0.6 s (slow) of CPU
+        clocks.advance(wall=service_s, cpu=service_s)
+        a.release_slot()  # the running call ends; its caller sends the next one
+        served = waiting.popleft()
+        served.join(5)
+        if served.outcome != "slot":
+            break
+        waiting.append(Waiting(a).begin())
+    assert a.overloaded is overloaded
+    assert (a.shed_waiting > 0) is overloaded
+    while waiting:  # let the rest go
+        a.release_slot()
+        waiting.popleft().join(5)
+
+
 def test_overloaded_calls_that_waited_too_long_are_shed():
     clocks = Clocks()
     a = admission(clocks, max_in_flight=10, threads=1, overload_wait=0.02)
     a.take_slot(Context(5))  # the running call
     old = Waiting(a).begin()
     clocks.advance(wall=0.015, cpu=0.015)
-    young = Waiting(a).begin()  # not idle; old has waited 15 ms: both still wait
+    young = Waiting(a).begin()  # old has waited 15 ms (< target_wait): both still wait
     assert old.outcome is None and young.outcome is None and not a.overloaded
-    clocks.advance(wall=0.1, cpu=0.1)  # the queue has stood for 0.115 s of CPU
+    clocks.advance(wall=0.15, cpu=0.15)  # the queue stood, slow, for 0.15 s of CPU
     fresh = Waiting(a).begin()  # this arrival finds it overloaded: old and young are stale
     assert a.overloaded
     old.join(5)
@@ -243,7 +274,9 @@ def test_waiters_are_served_in_arrival_order():
     assert order == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("bad", [{"standing_after": 0}, {"overload_wait": -1}])
+@pytest.mark.parametrize(
+    "bad", [{"standing_after": 0}, {"overload_wait": -1}, {"target_wait": -0.01}]
+)
 def test_bad_settings_are_refused(bad):
-    with pytest.raises(ValueError, match="must be > 0"):
+    with pytest.raises(ValueError, match="must be > 0 and target_wait >= 0"):
         Admission(4, 1, **bad)
