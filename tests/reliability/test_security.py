@@ -35,6 +35,12 @@ def rpc_code(fn, *args, **kwargs) -> grpc.StatusCode:
     return info.value.code()
 
 
+def tls_stub(pki, port: int, **credentials):
+    """(channel, stub) over TLS with `pki.channel_credentials(**credentials)`, verifying
+    the server certificate for the one name it carries (`pki.server_name`)."""
+    return stub_for(port, pki.channel_credentials(**credentials), server_name=pki.server_name)
+
+
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
@@ -59,7 +65,7 @@ def tokens(tmp_path_factory):
 
 def test_tls_serves_only_clients_that_trust_its_ca(make_server, pki, known_items):
     srv = make_server(tls=TlsFiles(str(pki.server_cert), str(pki.server_key)))
-    channel, stub = stub_for(srv.port, pki.channel_credentials(client=None))
+    channel, stub = tls_stub(pki, srv.port, client=None)
     with channel:
         assert stub.Recommend(good_request(known_items), timeout=10).cross_sell
     plain, stub = stub_for(srv.port)  # plaintext against a TLS port: no HTTP/2 session
@@ -68,7 +74,7 @@ def test_tls_serves_only_clients_that_trust_its_ca(make_server, pki, known_items
             rpc_code(stub.Recommend, good_request(known_items), timeout=5)
             == grpc.StatusCode.UNAVAILABLE
         )
-    wrong, stub = stub_for(srv.port, pki.channel_credentials(client=None, ca="rogue_ca"))
+    wrong, stub = tls_stub(pki, srv.port, client=None, ca="other_ca")
     with wrong:  # the client does not trust the server's certificate
         assert (
             rpc_code(stub.Recommend, good_request(known_items), timeout=5)
@@ -79,13 +85,13 @@ def test_tls_serves_only_clients_that_trust_its_ca(make_server, pki, known_items
 def test_mutual_tls_refuses_clients_without_a_valid_certificate(make_server, pki, known_items):
     srv = make_server(tls=TlsFiles(str(pki.server_cert), str(pki.server_key), str(pki.ca)))
     for client in (None, "rogue"):  # no certificate; one signed by another CA (same names)
-        channel, stub = stub_for(srv.port, pki.channel_credentials(client=client))
+        channel, stub = tls_stub(pki, srv.port, client=client)
         with channel:
             code = rpc_code(stub.Recommend, good_request(known_items), timeout=5)
             assert code == grpc.StatusCode.UNAVAILABLE, client
             health = health_pb2_grpc.HealthStub(channel)
             assert rpc_code(health.Check, health_pb2.HealthCheckRequest(), timeout=5) == code
-    channel, stub = stub_for(srv.port, pki.channel_credentials(client="client"))
+    channel, stub = tls_stub(pki, srv.port, client="client")
     with channel:
         assert stub.Recommend(good_request(known_items), timeout=10).cross_sell
     assert srv.metrics.sample("xsell_requests_total", {"method": "Recommend", "code": "OK"}) == 1
@@ -267,7 +273,7 @@ def test_serve_cli_with_mutual_tls_and_tokens_from_env(
         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca),
         env={"XSELL_AUTH_TOKENS_FILE": str(path)},
     )  # fmt: skip
-    channel, stub = stub_for(proc.port, pki.channel_credentials(client="client"))
+    channel, stub = tls_stub(pki, proc.port, client="client")
     with channel:
         assert (
             rpc_code(stub.Recommend, good_request(known_items), timeout=10)
@@ -286,7 +292,7 @@ def test_serve_cli_with_mutual_tls_and_tokens_from_env(
         assert stub.ReloadModel(
             pb.ReloadModelRequest(), metadata=bearer(named["ops"]), timeout=30
         ).model_version
-    channel, stub = stub_for(proc.port, pki.channel_credentials(client=None))
+    channel, stub = tls_stub(pki, proc.port, client=None)
     with channel:
         code = rpc_code(
             stub.Recommend, good_request(known_items), metadata=bearer(named["checkout"]), timeout=5
