@@ -241,25 +241,20 @@ class ServeProcess:
         return self.process.wait(timeout)
 
 
+def serve_command(bundle: Path, *args: str) -> list[str]:
+    """The command line `xsell serve --bundle BUNDLE --port 0 ARGS` (this interpreter)."""
+    return [sys.executable, "-m", "xsell.cli", "serve", "--bundle", str(bundle), "--port", "0",
+            *args]  # fmt: skip
+
+
 def start_serve(
     bundle: Path, log_path: Path, *args: str, env: dict | None = None, timeout: float = 90.0
 ) -> ServeProcess:
-    """Run `xsell serve --bundle BUNDLE --port 0 ARGS` and wait for its "listening" line."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "xsell.cli",
-        "serve",
-        "--bundle",
-        str(bundle),
-        "--port",
-        "0",
-        *args,
-    ]
+    """Run `serve_command(bundle, *args)` and wait for its "listening" line."""
     with open(log_path, "wb") as log_file:
         # its own session: signals to its process group reach it and its workers only
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
+            serve_command(bundle, *args), stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )  # fmt: skip
     deadline = time.monotonic() + timeout

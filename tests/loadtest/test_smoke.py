@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-READY = re.compile(r"listening on [^ ]+:(?P<port>\d+) workers=\d+ pids=(?P<pids>[\d,]+)")
+from ..conftest import start_serve
 
 
 def _free_port() -> int:
@@ -32,29 +30,15 @@ def _xsell(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def served(bundle_dir, tmp_path_factory):
     metrics_port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "xsell.cli", "serve", "--bundle", str(bundle_dir), "--port", "0",
-             "--workers", "2", "--metrics-port", str(metrics_port), "--no-access-log"],
-            stdout=subprocess.PIPE, stderr=err, start_new_session=True,
-        )  # fmt: skip
-    deadline, match = time.monotonic() + 90, None
-    while time.monotonic() < deadline and match is None:
-        line = proc.stdout.readline().decode()
-        if not line:
-            break
-        match = READY.search(line)
-    if match is None:
-        proc.kill()
-        pytest.fail(f"xsell serve did not start:\n{log.read_text()[-3000:]}")
-    yield {"address": f"127.0.0.1:{match['port']}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
-           "pid": proc.pid, "workers": [int(p) for p in match["pids"].split(",")]}  # fmt: skip
-    os.killpg(proc.pid, signal.SIGTERM)
+    proc = start_serve(bundle_dir, log, "--workers", "2", "--metrics-port", str(metrics_port),
+                       "--no-access-log")  # fmt: skip
+    yield {"address": f"127.0.0.1:{proc.port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+           "pid": proc.process.pid, "workers": proc.pids}  # fmt: skip
     try:
-        proc.wait(30)
+        proc.terminate(30, group=True)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(proc.process.pid, signal.SIGKILL)
+        proc.process.wait()
 
 
 def test_requests_command_then_closed_loop_run(served, bundle_dir, tmp_path):

@@ -24,6 +24,7 @@ from xsell.server.security import (
 
 from xsell.v1 import xsell_pb2 as pb
 
+from ..conftest import serve_command
 from .conftest import good_request, stub_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -307,7 +308,6 @@ def test_serve_cli_with_mutual_tls_and_tokens_from_env(
 
 def test_serve_cli_refuses_bad_security_flags(bundle_dir, pki, tmp_path):
     import subprocess
-    import sys
 
     bad_tokens = tmp_path / "tokens"
     bad_tokens.write_text("checkout tooshort\n")
@@ -317,10 +317,7 @@ def test_serve_cli_refuses_bad_security_flags(bundle_dir, pki, tmp_path):
         (["--auth-tokens", str(bad_tokens)], f"{bad_tokens}, line 1: token of 'checkout'"),
     ]
     for args, words in cases:
-        out = subprocess.run(
-            [sys.executable, "-m", "xsell.cli", "serve", "--bundle", str(bundle_dir), "--port", "0",
-             "--workers", "1", *args],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        out = subprocess.run(serve_command(bundle_dir, "--workers", "1", *args),
+                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         assert out.returncode != 0 and words in out.stderr, (args, out.stderr[-2000:])
         assert "Traceback" not in out.stderr

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -19,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from xsell.v1 import xsell_pb2 as pb
 from xsell.v1 import xsell_pb2_grpc as pb_grpc
+
+from ..conftest import serve_command
 
 
 def free_port() -> int:
@@ -175,19 +176,8 @@ def test_sigterm_drains_calls_in_flight(serve_cli, bundle_dir, facts, workers, g
 def test_unloadable_bundle_stops_serve(tmp_path):
     """Workers that cannot load the bundle at first start stop the command: exit 2, a clear line."""
     missing = tmp_path / "no-bundle-here"
-    cmd = [
-        sys.executable,
-        "-m",
-        "xsell.cli",
-        "serve",
-        "--bundle",
-        str(missing),
-        "--port",
-        "0",
-        "--workers",
-        "2",
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    cmd = serve_command(missing, "--workers", "2")
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr[-3000:]
     assert f"{missing}: not a directory" in done.stderr
     assert "listening" not in done.stdout
