@@ -6,7 +6,9 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,6 +79,57 @@ def bundle_dir(dataset, bundle_root) -> Path:
         compile_models=False,  # tests/ranking/test_compiled_ranker.py compiles a copy
     )
     return train_bundle(dataset, bundle_root / "base", config, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def ranker(bundle_dir):
+    """The session bundle, loaded once."""
+    from xsell.ranking.ranker import Ranker
+
+    return Ranker.load(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def server(ranker, bundle_root):
+    """A server on the session bundle (in-process, 127.0.0.1, port 0), shared by the
+    tests of one module that do not change its state; each test that does makes its own."""
+    from xsell.server.app import create_server
+
+    srv, _port = create_server(ranker, bundle_root=bundle_root, access_log=False)
+    srv.start()
+    yield srv
+    srv.stop(None)
+
+
+def copy_bundle_files(src: Path, dst: Path, *, version: str | None = None) -> Path:
+    shutil.copytree(src, dst)
+    if version is not None:
+        manifest_path = dst / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["version"] = version
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def copy_bundle():
+    """copy_bundle(src, dst, version=None) -> dst: a copy of a bundle; with `version` its
+    manifest says that version (still a valid bundle: the manifest hashes the other
+    files, not itself)."""
+    return copy_bundle_files
+
+
+def unused_port() -> int:
+    """A port nothing listens on right now (for a server started later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    """`unused_port()` as a fixture."""
+    return unused_port()
 
 
 # ------------------------------------------------------------------ certificates

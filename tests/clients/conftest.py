@@ -5,12 +5,9 @@ tests/conftest.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -53,24 +50,6 @@ def shop(dataset) -> Shop:
     )
 
 
-@pytest.fixture(scope="session")
-def ranker(bundle_dir):
-    from xsell.ranking.ranker import Ranker
-
-    return Ranker.load(bundle_dir)
-
-
-@pytest.fixture(scope="module")
-def server(ranker, bundle_root):
-    """A shared server for tests that do not change its state."""
-    from xsell.server.app import create_server
-
-    srv, _port = create_server(ranker, bundle_root=bundle_root, access_log=False)
-    srv.start()
-    yield srv
-    srv.stop(None)
-
-
 @pytest.fixture(scope="module")
 def address(server) -> str:
     return f"127.0.0.1:{server.port}"
@@ -107,33 +86,6 @@ def server_calls():
     """server_calls(server, method, code): how many `method` calls that server answered
     with `code`, from its own metrics (counts attempts on the server side)."""
     return _calls
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def free_port() -> int:
-    """A port nothing listens on right now (for a server started later)."""
-    return _free_port()
-
-
-def _copy_bundle(src: Path, dst: Path, *, version: str) -> Path:
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["version"] = version
-    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return dst
-
-
-@pytest.fixture(scope="session")
-def copy_bundle():
-    """copy_bundle(src, dst, version=...): a valid copy of a bundle whose manifest names
-    `version` (the manifest hashes the other files, not itself)."""
-    return _copy_bundle
 
 
 @pytest.fixture(scope="session")

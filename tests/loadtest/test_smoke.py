@@ -6,19 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from ..conftest import start_serve
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ..conftest import start_serve, unused_port
 
 
 def _xsell(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -28,7 +21,7 @@ def _xsell(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def served(bundle_dir, tmp_path_factory):
-    metrics_port = _free_port()
+    metrics_port = unused_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     proc = start_serve(bundle_dir, log, "--workers", "2", "--metrics-port", str(metrics_port),
                        "--no-access-log")  # fmt: skip
@@ -104,7 +97,7 @@ def test_open_loop_and_health_target(served, bundle_dir, tmp_path):
 
 
 def test_missing_server_fails_clearly(tmp_path):
-    r = _xsell("loadtest", "--address", f"127.0.0.1:{_free_port()}", "--target", "health", "--duration", "1",
+    r = _xsell("loadtest", "--address", f"127.0.0.1:{unused_port()}", "--target", "health", "--duration", "1",
                "--connect-timeout", "1.5", "--quiet", timeout=60)  # fmt: skip
     assert r.returncode != 0
     assert "client process 0: no gRPC server reachable at 127.0.0.1:" in r.stderr

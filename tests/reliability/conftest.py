@@ -4,20 +4,12 @@ real channels, real `xsell serve` subprocesses."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 
 from xsell.v1 import xsell_pb2 as pb
 from xsell.v1 import xsell_pb2_grpc as pb_grpc
-
-
-@pytest.fixture(scope="session")
-def ranker(bundle_dir):
-    from xsell.ranking.ranker import Ranker
-
-    return Ranker.load(bundle_dir)
 
 
 @pytest.fixture(scope="session")
@@ -91,24 +83,5 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01) -> bool:
     return bool(predicate())
 
 
-# `pki` (test certificates) and `serve_cli` (real `xsell serve` subprocesses) come from
-# tests/conftest.py.
-
-
-@pytest.fixture(scope="session")
-def copy_bundle_to(bundle_dir):
-    """copy_bundle_to(dst, version=None) -> dst: a copy of the session bundle; with
-    `version` its manifest says that version (still valid: the manifest hashes the
-    other files, not itself)."""
-    import json
-    import shutil
-
-    def copy(dst: Path, version: str | None = None) -> Path:
-        shutil.copytree(bundle_dir, dst)
-        if version is not None:
-            manifest = json.loads((dst / "manifest.json").read_text())
-            manifest["version"] = version
-            (dst / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        return dst
-
-    return copy
+# `ranker`, `copy_bundle`, `pki` (test certificates) and `serve_cli` (real `xsell serve`
+# subprocesses) come from tests/conftest.py.

@@ -158,12 +158,12 @@ def test_tokens_authenticate_every_call_but_health(make_server, tokens, known_it
 
 
 def test_reload_needs_an_admin_token(
-    make_server, tokens, bundle_dir, bundle_root, copy_bundle_to, ranker
+    make_server, tokens, bundle_dir, bundle_root, copy_bundle, ranker
 ):
     path, named = tokens
     srv = make_server(tokens=load_tokens(path))
     version = f"admin-{uuid.uuid4().hex[:8]}"
-    target = copy_bundle_to(bundle_root / version, version)
+    target = copy_bundle(bundle_dir, bundle_root / version, version=version)
     channel, stub = stub_for(srv.port)
     request = pb.ReloadModelRequest(bundle_path=target.name)
     with channel:
@@ -227,11 +227,12 @@ def test_token_lookup_is_exact():
 
 
 def test_reload_confinement_follows_symlinks(
-    make_server, bundle_dir, bundle_root, tmp_path, copy_bundle_to
+    make_server, bundle_dir, bundle_root, tmp_path, copy_bundle
 ):
     srv = make_server()
-    outside = copy_bundle_to(tmp_path / "outside", "outside")  # loadable if it were allowed
-    inside = copy_bundle_to(bundle_root / f"in-{uuid.uuid4().hex[:6]}", "inside")
+    # loadable if it were allowed
+    outside = copy_bundle(bundle_dir, tmp_path / "outside", version="outside")
+    inside = copy_bundle(bundle_dir, bundle_root / f"in-{uuid.uuid4().hex[:6]}", version="inside")
     tag = uuid.uuid4().hex[:6]
     escape_dir = bundle_root / f"escape-{tag}"  # a directory symlink in the root, pointing out
     os.symlink(tmp_path, escape_dir)
