@@ -17,11 +17,12 @@ from xsell.clients import AsyncXsellClient, TlsOptions, XsellClient, XsellRpcErr
 
 from xsell.cli import main
 
+from ..conftest import Pki
 from .conftest import AuthTokens
 
 # The certificates (`pki`) are a fixture of tests/conftest.py; tokens (`auth_tokens`) and
 # the mTLS + token server (`secure_server`, `secure_address`) of tests/clients/conftest.py.
-SERVER_NAME = "xsell.internal"  # the only name in the server certificate (Pki.server_name)
+SERVER_NAME = Pki.server_name  # the only name in the server certificate
 CHECKOUT_TOKEN = AuthTokens.checkout
 OPS_TOKEN = AuthTokens.ops
 
