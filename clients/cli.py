@@ -3,7 +3,8 @@
     xsell recommend --address HOST:PORT --user U --cart A,B --strategy up_sell --limit 5 [--explain] [--json]
 
 Cart lines may carry a quantity: `--cart A:2,B`. Errors print the server's status
-and message (and the field, for INVALID_ARGUMENT) and exit 2.
+and message (and the field, for INVALID_ARGUMENT) and exit 2; so do bad --tls* flags
+(naming the flag and the file), before any call.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import argparse
 import json
 import math
 import os
+import re
+import ssl
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from xsell.errors import InvalidRequest
@@ -164,18 +168,68 @@ def format_table(recs, *, out: TextIO) -> None:
         print("\n(no items)", file=out)
 
 
+def _read_pem(flag: str, path: str) -> None:
+    from xsell.clients.client import ClientConfigError
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ClientConfigError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+    if b"-----BEGIN " not in data:  # gRPC would fail only at the handshake, naming no file
+        raise ClientConfigError(f"{flag}: {path} is not a PEM file")
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason without its tags: "key values mismatch", not
+    "[X509: KEY_VALUES_MISMATCH] key values mismatch (_ssl.c:3926)"."""
+    text = exc.args[1] if len(exc.args) > 1 else str(exc)
+    return re.sub(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", str(text))
+
+
+def tls_from_args(args: argparse.Namespace):
+    """`TlsOptions` from the --tls* flags, or None for plaintext. The files are checked
+    now, as the Node and Go clients do: a bad one fails before any call, naming the flag
+    and the file; so does a flag that would be ignored."""
+    from xsell.clients.client import ClientConfigError, TlsOptions
+
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        if args.tls_server_name:  # a plaintext channel verifies no name
+            raise ClientConfigError("--tls-server-name needs TLS (--tls-ca, --tls-cert or --tls)")
+        return None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ClientConfigError("--tls-cert and --tls-key go together (mutual TLS needs both)")
+    files = {"--tls-ca": args.tls_ca, "--tls-cert": args.tls_cert, "--tls-key": args.tls_key}
+    for flag, path in files.items():
+        if path:
+            _read_pem(flag, path)
+    # The standard library's OpenSSL parses the files as gRPC will (no connection made).
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if args.tls_ca:
+        try:
+            context.load_verify_locations(cafile=args.tls_ca)
+        except ssl.SSLError:
+            raise ClientConfigError(f"--tls-ca: no certificate in {args.tls_ca}") from None
+    if args.tls_cert:
+        try:  # the password callback: an encrypted key fails instead of prompting
+            context.load_cert_chain(args.tls_cert, args.tls_key, password=lambda: b"")
+        except ssl.SSLError as exc:
+            raise ClientConfigError(
+                f"--tls-cert {args.tls_cert} / --tls-key {args.tls_key}: not a certificate and "
+                f"its private key ({_ssl_reason(exc)})"
+            ) from None
+    return TlsOptions(
+        ca_cert=args.tls_ca or None,
+        client_cert=args.tls_cert or None,
+        client_key=args.tls_key or None,
+        server_name=args.tls_server_name or None,
+    )
+
+
 def _run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from xsell.clients.client import Filters, TlsOptions, XsellClient
+    from xsell.clients.client import Filters, XsellClient
 
     out = out if out is not None else sys.stdout
-    tls = None
-    if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
-        tls = TlsOptions(
-            ca_cert=args.tls_ca,
-            client_cert=args.tls_cert,
-            client_key=args.tls_key,
-            server_name=args.tls_server_name,
-        )
+    tls = tls_from_args(args)
     filters = Filters(
         exclude_item_ids=_split(args.exclude),
         allowed_categories=_split(args.allow_categories),

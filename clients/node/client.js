@@ -14,6 +14,7 @@
 // Messages are plain objects with the .proto field names (keepCase), enums as their
 // names, 64-bit integers as strings (exact), and every field present (defaults).
 
+const crypto = require('crypto');
 const fs = require('fs');
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
@@ -56,28 +57,48 @@ function readPem(file, what) {
   return data;
 }
 
+// How errors name the `tls` options; a command line passes its own flag names
+// (recommend.js: --tls-ca, --tls-cert, --tls-key) so that they name what the user typed.
+const TLS_OPTION_NAMES = { ca: 'tls.ca', cert: 'tls.cert', key: 'tls.key' };
+
 // Channel credentials and options for `tls` = {ca, cert, key, serverName} (file paths;
 // ca absent = the system's roots); no `tls` = plaintext. Same meaning as the Python
-// TlsOptions and the `xsell recommend --tls-*` flags.
-function channelSecurity(tls) {
+// TlsOptions and the `xsell recommend --tls-*` flags. Every file is checked here, so a
+// bad one fails before any call with the option's name (from `names`) and the path.
+function channelSecurity(tls, names = TLS_OPTION_NAMES) {
   if (!tls) return { credentials: grpc.credentials.createInsecure(), options: {} };
   if (!tls.cert !== !tls.key) {
-    throw new ClientConfigError('tls: the client certificate and key go together (mutual TLS needs both)');
+    throw new ClientConfigError(`${names.cert} and ${names.key} go together (mutual TLS needs both)`);
   }
-  const credentials = grpc.credentials.createSsl(
-    tls.ca ? readPem(tls.ca, 'tls.ca') : null,
-    tls.key ? readPem(tls.key, 'tls.key') : null,
-    tls.cert ? readPem(tls.cert, 'tls.cert') : null,
-  );
+  const ca = tls.ca ? readPem(tls.ca, names.ca) : null;
+  if (ca) {
+    // grpc-js takes a CA file without any certificate and fails only at the handshake
+    try {
+      new crypto.X509Certificate(ca); // parses the first certificate of the file
+    } catch {
+      throw new ClientConfigError(`${names.ca}: no certificate in ${tls.ca}`);
+    }
+  }
+  const key = tls.key ? readPem(tls.key, names.key) : null;
+  const cert = tls.cert ? readPem(tls.cert, names.cert) : null;
+  let credentials;
+  try {
+    credentials = grpc.credentials.createSsl(ca, key, cert);
+  } catch (e) {
+    // OpenSSL's reason (a bad PEM body, a key that does not match the certificate) names no file
+    const files = cert ? `${names.cert} ${tls.cert} / ${names.key} ${tls.key}` : `${names.ca} ${tls.ca}`;
+    throw new ClientConfigError(`${files}: ${e.message}`);
+  }
   // the name checked in the server's certificate (and sent as SNI) when it is not the
   // address's host, e.g. when dialling an IP
   const options = tls.serverName ? { 'grpc.ssl_target_name_override': tls.serverName } : {};
   return { credentials, options };
 }
 
-function createClient(address, { token, tls } = {}) {
+// tlsNames: how errors name the `tls` options (default TLS_OPTION_NAMES).
+function createClient(address, { token, tls, tlsNames } = {}) {
   const RecommendService = loadService();
-  const security = channelSecurity(tls);
+  const security = channelSecurity(tls, tlsNames);
   const client = new RecommendService(address, security.credentials, { ...CHANNEL_OPTIONS, ...security.options });
   client.xsellToken = token || '';
   return client;
@@ -101,4 +122,4 @@ function call(client, method, request, { timeoutMs = 5000 } = {}) {
   });
 }
 
-module.exports = { createClient, call, loadService, channelSecurity, ClientConfigError, PROTO_ROOT };
+module.exports = { createClient, call, loadService, channelSecurity, ClientConfigError, PROTO_ROOT, TLS_OPTION_NAMES };

@@ -48,6 +48,9 @@ function buildRequest(values) {
   return { user_id: values.user, cart, strategy, limit, explain: values.explain };
 }
 
+// The errors about TLS files name the flags, as the user typed them.
+const TLS_FLAGS = { ca: '--tls-ca', cert: '--tls-cert', key: '--tls-key' };
+
 // TLS is on with --tls or any of --tls-ca/--tls-cert/--tls-key (as in `xsell recommend`).
 function tlsOptions(values) {
   const on = values.tls || ['tls-ca', 'tls-cert', 'tls-key'].some((k) => values[k] !== undefined);
@@ -98,7 +101,7 @@ async function main() {
   const request = buildRequest(values);
   let client;
   try {
-    client = createClient(values.address, { token: values.token, tls: tlsOptions(values) });
+    client = createClient(values.address, { token: values.token, tls: tlsOptions(values), tlsNames: TLS_FLAGS });
   } catch (e) {
     fail(e.message);
   }

@@ -1,16 +1,13 @@
 """Fixtures of the client tests: a real server (in-process, real socket) on the
-session bundle, and what the test data says independently of the server; test
-certificates and a server with mutual TLS and bearer tokens."""
+session bundle, and what the test data says independently of the server; and a
+server with mutual TLS and bearer tokens (the certificates, `pki`, come from
+tests/conftest.py)."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
 import shutil
-import socket
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -53,24 +50,6 @@ def shop(dataset) -> Shop:
     )
 
 
-@pytest.fixture(scope="session")
-def ranker(bundle_dir):
-    from xsell.ranking.ranker import Ranker
-
-    return Ranker.load(bundle_dir)
-
-
-@pytest.fixture(scope="module")
-def server(ranker, bundle_root):
-    """A shared server for tests that do not change its state."""
-    from xsell.server.app import create_server
-
-    srv, _port = create_server(ranker, bundle_root=bundle_root, access_log=False)
-    srv.start()
-    yield srv
-    srv.stop(None)
-
-
 @pytest.fixture(scope="module")
 def address(server) -> str:
     return f"127.0.0.1:{server.port}"
@@ -109,33 +88,6 @@ def server_calls():
     return _calls
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def free_port() -> int:
-    """A port nothing listens on right now (for a server started later)."""
-    return _free_port()
-
-
-def _copy_bundle(src: Path, dst: Path, *, version: str) -> Path:
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["version"] = version
-    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return dst
-
-
-@pytest.fixture(scope="session")
-def copy_bundle():
-    """copy_bundle(src, dst, version=...): a valid copy of a bundle whose manifest names
-    `version` (the manifest hashes the other files, not itself)."""
-    return _copy_bundle
-
-
 @pytest.fixture(scope="session")
 def require_tool():
     """require_tool(name_or_path, why) -> path: the tool, else skip (fail in CI)."""
@@ -153,96 +105,11 @@ def require_tool():
 
 
 @dataclass(frozen=True)
-class Pki:
-    """PEM files made for the session. The server certificate names only `server_name`
-    (so a client dialling 127.0.0.1 must override the name it verifies); `other_ca`
-    is a CA that signed nothing here (a client trusting it must refuse the server)."""
-
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    other_ca: Path
-    server_name: str = "xsell.internal"
-
-
-@dataclass(frozen=True)
 class AuthTokens:
     """The callers in `secure_server`'s token table."""
 
     checkout: str = "checkout-token-0123456789abcdef"
     ops: str = "ops-admin-token-0123456789abcdef"  # admin
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory) -> Pki:
-    pytest.importorskip("cryptography", reason="certificates are made with cryptography")
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    now = dt.datetime.now(dt.timezone.utc)
-
-    def cert(key, subject: str, issuer_key, issuer: str, *, ca: bool, extensions=()):
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(name(subject))
-            .issuer_name(name(issuer))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        for ext in extensions:
-            b = b.add_extension(ext, critical=False)
-        return b.sign(issuer_key, hashes.SHA256())
-
-    d = tmp_path_factory.mktemp("client-pki")
-    ca_key, server_key, client_key, other_key = (
-        ec.generate_private_key(ec.SECP256R1()) for _ in range(4)
-    )
-    ca = cert(ca_key, "xsell client-test CA", ca_key, "xsell client-test CA", ca=True)
-    # same name as the real CA: only the key (the signature) differs
-    other_ca = cert(other_key, "xsell client-test CA", other_key, "xsell client-test CA", ca=True)
-    server = cert(
-        server_key, "xsell server", ca_key, "xsell client-test CA", ca=False,
-        extensions=[x509.SubjectAlternativeName([x509.DNSName(Pki.server_name)]),
-                    x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])],
-    )  # fmt: skip
-    client = cert(
-        client_key, "checkout", ca_key, "xsell client-test CA", ca=False,
-        extensions=[x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])],
-    )  # fmt: skip
-
-    def write_cert(path: Path, c) -> Path:
-        path.write_bytes(c.public_bytes(serialization.Encoding.PEM))
-        return path
-
-    def write_key(path: Path, k) -> Path:
-        path.write_bytes(
-            k.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        path.chmod(0o600)
-        return path
-
-    return Pki(
-        ca=write_cert(d / "ca.pem", ca),
-        server_cert=write_cert(d / "server.pem", server),
-        server_key=write_key(d / "server.key", server_key),
-        client_cert=write_cert(d / "client.pem", client),
-        client_key=write_key(d / "client.key", client_key),
-        other_ca=write_cert(d / "other-ca.pem", other_ca),
-    )
 
 
 @pytest.fixture(scope="session")

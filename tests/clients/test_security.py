@@ -1,6 +1,6 @@
 """The clients against a server with mutual TLS and bearer tokens (xsell.server.security).
 
-Certificates come from the shared `pki` fixture (tests/clients/conftest.py, made with
+Certificates come from the shared `pki` fixture (tests/conftest.py, made with
 `cryptography`): a CA, a server certificate valid only for the name "xsell.internal"
 (so the client must set `server_name` when dialling 127.0.0.1), and a client
 certificate signed by the CA.
@@ -17,11 +17,12 @@ from xsell.clients import AsyncXsellClient, TlsOptions, XsellClient, XsellRpcErr
 
 from xsell.cli import main
 
+from ..conftest import Pki
 from .conftest import AuthTokens
 
-# The certificates (`pki`), tokens (`auth_tokens`) and the mTLS + token server
-# (`secure_server`, `secure_address`) are shared fixtures in tests/clients/conftest.py.
-SERVER_NAME = "xsell.internal"  # the only name in the server certificate (Pki.server_name)
+# The certificates (`pki`) are a fixture of tests/conftest.py; tokens (`auth_tokens`) and
+# the mTLS + token server (`secure_server`, `secure_address`) of tests/clients/conftest.py.
+SERVER_NAME = Pki.server_name  # the only name in the server certificate
 CHECKOUT_TOKEN = AuthTokens.checkout
 OPS_TOKEN = AuthTokens.ops
 

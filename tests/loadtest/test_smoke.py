@@ -5,22 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-READY = re.compile(r"listening on [^ ]+:(?P<port>\d+) workers=\d+ pids=(?P<pids>[\d,]+)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ..conftest import start_serve, unused_port
 
 
 def _xsell(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -30,31 +21,17 @@ def _xsell(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def served(bundle_dir, tmp_path_factory):
-    metrics_port = _free_port()
+    metrics_port = unused_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "xsell.cli", "serve", "--bundle", str(bundle_dir), "--port", "0",
-             "--workers", "2", "--metrics-port", str(metrics_port), "--no-access-log"],
-            stdout=subprocess.PIPE, stderr=err, start_new_session=True,
-        )  # fmt: skip
-    deadline, match = time.monotonic() + 90, None
-    while time.monotonic() < deadline and match is None:
-        line = proc.stdout.readline().decode()
-        if not line:
-            break
-        match = READY.search(line)
-    if match is None:
-        proc.kill()
-        pytest.fail(f"xsell serve did not start:\n{log.read_text()[-3000:]}")
-    yield {"address": f"127.0.0.1:{match['port']}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
-           "pid": proc.pid, "workers": [int(p) for p in match["pids"].split(",")]}  # fmt: skip
-    os.killpg(proc.pid, signal.SIGTERM)
+    proc = start_serve(bundle_dir, log, "--workers", "2", "--metrics-port", str(metrics_port),
+                       "--no-access-log")  # fmt: skip
+    yield {"address": f"127.0.0.1:{proc.port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+           "pid": proc.process.pid, "workers": proc.pids}  # fmt: skip
     try:
-        proc.wait(30)
+        proc.terminate(30, group=True)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(proc.process.pid, signal.SIGKILL)
+        proc.process.wait()
 
 
 def test_requests_command_then_closed_loop_run(served, bundle_dir, tmp_path):
@@ -120,7 +97,7 @@ def test_open_loop_and_health_target(served, bundle_dir, tmp_path):
 
 
 def test_missing_server_fails_clearly(tmp_path):
-    r = _xsell("loadtest", "--address", f"127.0.0.1:{_free_port()}", "--target", "health", "--duration", "1",
+    r = _xsell("loadtest", "--address", f"127.0.0.1:{unused_port()}", "--target", "health", "--duration", "1",
                "--connect-timeout", "1.5", "--quiet", timeout=60)  # fmt: skip
     assert r.returncode != 0
     assert "client process 0: no gRPC server reachable at 127.0.0.1:" in r.stderr

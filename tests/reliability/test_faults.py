@@ -101,12 +101,12 @@ SPOILERS = [spoil_truncated_annoy, spoil_truncated_annoy_rehashed, spoil_half_no
 
 
 def test_corrupt_bundles_are_refused_while_traffic_flows(make_server, ranker, known_items, bundle_root,
-                                                         copy_bundle_to, caplog):  # fmt: skip
+                                                         bundle_dir, copy_bundle, caplog):  # fmt: skip
     srv = make_server(threads=4)
     tag = uuid.uuid4().hex[:6]
     bad = {}
     for spoil in SPOILERS:
-        bad[spoil.__name__] = copy_bundle_to(bundle_root / f"{spoil.__name__}-{tag}")
+        bad[spoil.__name__] = copy_bundle(bundle_dir, bundle_root / f"{spoil.__name__}-{tag}")
         spoil(bad[spoil.__name__])
 
     stop = threading.Event()

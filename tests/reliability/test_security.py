@@ -24,6 +24,7 @@ from xsell.server.security import (
 
 from xsell.v1 import xsell_pb2 as pb
 
+from ..conftest import serve_command
 from .conftest import good_request, stub_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -33,6 +34,12 @@ def rpc_code(fn, *args, **kwargs) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as info:
         fn(*args, **kwargs)
     return info.value.code()
+
+
+def tls_stub(pki, port: int, **credentials):
+    """(channel, stub) over TLS with `pki.channel_credentials(**credentials)`, verifying
+    the server certificate for the one name it carries (`pki.server_name`)."""
+    return stub_for(port, pki.channel_credentials(**credentials), server_name=pki.server_name)
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -59,7 +66,7 @@ def tokens(tmp_path_factory):
 
 def test_tls_serves_only_clients_that_trust_its_ca(make_server, pki, known_items):
     srv = make_server(tls=TlsFiles(str(pki.server_cert), str(pki.server_key)))
-    channel, stub = stub_for(srv.port, pki.channel_credentials(client=None))
+    channel, stub = tls_stub(pki, srv.port, client=None)
     with channel:
         assert stub.Recommend(good_request(known_items), timeout=10).cross_sell
     plain, stub = stub_for(srv.port)  # plaintext against a TLS port: no HTTP/2 session
@@ -68,7 +75,7 @@ def test_tls_serves_only_clients_that_trust_its_ca(make_server, pki, known_items
             rpc_code(stub.Recommend, good_request(known_items), timeout=5)
             == grpc.StatusCode.UNAVAILABLE
         )
-    wrong, stub = stub_for(srv.port, pki.channel_credentials(client=None, ca="rogue_ca"))
+    wrong, stub = tls_stub(pki, srv.port, client=None, ca="other_ca")
     with wrong:  # the client does not trust the server's certificate
         assert (
             rpc_code(stub.Recommend, good_request(known_items), timeout=5)
@@ -79,13 +86,13 @@ def test_tls_serves_only_clients_that_trust_its_ca(make_server, pki, known_items
 def test_mutual_tls_refuses_clients_without_a_valid_certificate(make_server, pki, known_items):
     srv = make_server(tls=TlsFiles(str(pki.server_cert), str(pki.server_key), str(pki.ca)))
     for client in (None, "rogue"):  # no certificate; one signed by another CA (same names)
-        channel, stub = stub_for(srv.port, pki.channel_credentials(client=client))
+        channel, stub = tls_stub(pki, srv.port, client=client)
         with channel:
             code = rpc_code(stub.Recommend, good_request(known_items), timeout=5)
             assert code == grpc.StatusCode.UNAVAILABLE, client
             health = health_pb2_grpc.HealthStub(channel)
             assert rpc_code(health.Check, health_pb2.HealthCheckRequest(), timeout=5) == code
-    channel, stub = stub_for(srv.port, pki.channel_credentials(client="client"))
+    channel, stub = tls_stub(pki, srv.port, client="client")
     with channel:
         assert stub.Recommend(good_request(known_items), timeout=10).cross_sell
     assert srv.metrics.sample("xsell_requests_total", {"method": "Recommend", "code": "OK"}) == 1
@@ -151,12 +158,12 @@ def test_tokens_authenticate_every_call_but_health(make_server, tokens, known_it
 
 
 def test_reload_needs_an_admin_token(
-    make_server, tokens, bundle_dir, bundle_root, copy_bundle_to, ranker
+    make_server, tokens, bundle_dir, bundle_root, copy_bundle, ranker
 ):
     path, named = tokens
     srv = make_server(tokens=load_tokens(path))
     version = f"admin-{uuid.uuid4().hex[:8]}"
-    target = copy_bundle_to(bundle_root / version, version)
+    target = copy_bundle(bundle_dir, bundle_root / version, version=version)
     channel, stub = stub_for(srv.port)
     request = pb.ReloadModelRequest(bundle_path=target.name)
     with channel:
@@ -220,11 +227,12 @@ def test_token_lookup_is_exact():
 
 
 def test_reload_confinement_follows_symlinks(
-    make_server, bundle_dir, bundle_root, tmp_path, copy_bundle_to
+    make_server, bundle_dir, bundle_root, tmp_path, copy_bundle
 ):
     srv = make_server()
-    outside = copy_bundle_to(tmp_path / "outside", "outside")  # loadable if it were allowed
-    inside = copy_bundle_to(bundle_root / f"in-{uuid.uuid4().hex[:6]}", "inside")
+    # loadable if it were allowed
+    outside = copy_bundle(bundle_dir, tmp_path / "outside", version="outside")
+    inside = copy_bundle(bundle_dir, bundle_root / f"in-{uuid.uuid4().hex[:6]}", version="inside")
     tag = uuid.uuid4().hex[:6]
     escape_dir = bundle_root / f"escape-{tag}"  # a directory symlink in the root, pointing out
     os.symlink(tmp_path, escape_dir)
@@ -267,7 +275,7 @@ def test_serve_cli_with_mutual_tls_and_tokens_from_env(
         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca),
         env={"XSELL_AUTH_TOKENS_FILE": str(path)},
     )  # fmt: skip
-    channel, stub = stub_for(proc.port, pki.channel_credentials(client="client"))
+    channel, stub = tls_stub(pki, proc.port, client="client")
     with channel:
         assert (
             rpc_code(stub.Recommend, good_request(known_items), timeout=10)
@@ -286,7 +294,7 @@ def test_serve_cli_with_mutual_tls_and_tokens_from_env(
         assert stub.ReloadModel(
             pb.ReloadModelRequest(), metadata=bearer(named["ops"]), timeout=30
         ).model_version
-    channel, stub = stub_for(proc.port, pki.channel_credentials(client=None))
+    channel, stub = tls_stub(pki, proc.port, client=None)
     with channel:
         code = rpc_code(
             stub.Recommend, good_request(known_items), metadata=bearer(named["checkout"]), timeout=5
@@ -301,7 +309,6 @@ def test_serve_cli_with_mutual_tls_and_tokens_from_env(
 
 def test_serve_cli_refuses_bad_security_flags(bundle_dir, pki, tmp_path):
     import subprocess
-    import sys
 
     bad_tokens = tmp_path / "tokens"
     bad_tokens.write_text("checkout tooshort\n")
@@ -311,10 +318,7 @@ def test_serve_cli_refuses_bad_security_flags(bundle_dir, pki, tmp_path):
         (["--auth-tokens", str(bad_tokens)], f"{bad_tokens}, line 1: token of 'checkout'"),
     ]
     for args, words in cases:
-        out = subprocess.run(
-            [sys.executable, "-m", "xsell.cli", "serve", "--bundle", str(bundle_dir), "--port", "0",
-             "--workers", "1", *args],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        out = subprocess.run(serve_command(bundle_dir, "--workers", "1", *args),
+                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         assert out.returncode != 0 and words in out.stderr, (args, out.stderr[-2000:])
         assert "Traceback" not in out.stderr

@@ -21,16 +21,6 @@ from .conftest import good_request, stub_for
 METHODS = ("Recommend", "RecommendBatch", "GetModelInfo", "ReloadModel")
 
 
-@pytest.fixture(scope="module")
-def wire_server(ranker, bundle_root):
-    from xsell.server.app import create_server
-
-    srv, _port = create_server(ranker, bundle_root=bundle_root, access_log=False)
-    srv.start()
-    yield srv
-    srv.stop(None)
-
-
 def raw_call(channel: grpc.Channel, method: str):
     """A unary call that sends the given bytes as they are (no serializer)."""
     return channel.unary_unary(f"/xsell.v1.RecommendService/{method}")
@@ -78,8 +68,8 @@ def corrupt_payloads(seed: int = 0, n: int = 150) -> list[bytes]:
     return out
 
 
-def test_payloads_that_are_not_protobuf_get_invalid_argument(wire_server, known_items):
-    channel, stub = stub_for(wire_server.port)
+def test_payloads_that_are_not_protobuf_get_invalid_argument(server, known_items):
+    channel, stub = stub_for(server.port)
     counts: dict[str, int] = {}
     with channel:
         for method in METHODS:
@@ -97,15 +87,13 @@ def test_payloads_that_are_not_protobuf_get_invalid_argument(wire_server, known_
     assert counts.get("request", 0) >= 100, counts  # most garbage fails to decode, and says so
     for method in METHODS:
         assert (
-            wire_server.metrics.sample(
-                "xsell_requests_total", {"method": method, "code": "INTERNAL"}
-            )
+            server.metrics.sample("xsell_requests_total", {"method": method, "code": "INTERNAL"})
             == 0
         )
 
 
-def test_oversized_messages_are_refused_and_the_server_stays_up(wire_server, known_items):
-    channel, stub = stub_for(wire_server.port, **{"grpc.max_send_message_length": 64 << 20})
+def test_oversized_messages_are_refused_and_the_server_stays_up(server, known_items):
+    channel, stub = stub_for(server.port, **{"grpc.max_send_message_length": 64 << 20})
     with channel:
         huge = pb.RecommendRequest(
             user_id="x" * (MAX_RECEIVE_BYTES + 1), cart=[pb.CartLine(item_id="a")]
@@ -180,7 +168,7 @@ def frame_types(data: bytes) -> list[int]:
     return types
 
 
-def test_malformed_framing_on_the_socket(wire_server, known_items):
+def test_malformed_framing_on_the_socket(server, known_items):
     settings = h2_frame(0x4, 0, 0, b"")
     good = pb.RecommendRequest(cart=[pb.CartLine(item_id=known_items[0])]).SerializeToString()
     rng = random.Random(7)
@@ -204,7 +192,7 @@ def test_malformed_framing_on_the_socket(wire_server, known_items):
     }  # fmt: skip
     answered = {}
     for name, data in cases.items():
-        answered[name] = frame_types(exchange(wire_server.port, data))
+        answered[name] = frame_types(exchange(server.port, data))
     # Well-framed bad gRPC calls are answered on their stream (HEADERS carrying the status,
     # or RST_STREAM); broken framing just gets the connection closed.
     for name in (
@@ -215,11 +203,11 @@ def test_malformed_framing_on_the_socket(wire_server, known_items):
     ):
         assert {0x1, 0x3} & set(answered[name]), (name, answered[name])
     # Many half-open connections do not block anyone.
-    idle = [socket.create_connection(("127.0.0.1", wire_server.port)) for _ in range(50)]
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(50)]
     try:
         for sock in idle:
             sock.sendall(PREFACE[:5])
-        channel, stub = stub_for(wire_server.port)
+        channel, stub = stub_for(server.port)
         with channel:
             for k in range(3):
                 assert stub.Recommend(good_request(known_items, k), timeout=5).cross_sell

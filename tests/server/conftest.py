@@ -3,10 +3,7 @@ real servers on port 0, real channels."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
@@ -43,43 +40,8 @@ def facts(dataset) -> Facts:
 
 
 @pytest.fixture(scope="session")
-def ranker(bundle_dir):
-    from xsell.ranking.ranker import Ranker
-
-    return Ranker.load(bundle_dir)
-
-
-def _copy_bundle(src: Path, dst: Path, *, version: str | None = None) -> Path:
-    shutil.copytree(src, dst)
-    if version is not None:
-        manifest_path = dst / "manifest.json"
-        manifest = json.loads(manifest_path.read_text())
-        manifest["version"] = version
-        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return dst
-
-
-@pytest.fixture(scope="session")
-def copy_bundle():
-    """copy_bundle(src, dst, version=None): a copy of a bundle; with `version` its manifest
-    says that version (still a valid bundle: the manifest hashes the other files, not itself)."""
-    return _copy_bundle
-
-
-@pytest.fixture(scope="session")
 def channel_options():
     return [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
-
-
-@pytest.fixture(scope="module")
-def server(ranker, bundle_root):
-    """A shared server for read-only tests (each test that changes state makes its own)."""
-    from xsell.server.app import create_server
-
-    srv, _port = create_server(ranker, bundle_root=bundle_root, access_log=False)
-    srv.start()
-    yield srv
-    srv.stop(None)
 
 
 @pytest.fixture(scope="module")
@@ -93,4 +55,5 @@ def stub(channel) -> pb_grpc.RecommendServiceStub:
     return pb_grpc.RecommendServiceStub(channel)
 
 
-# `serve_cli` (real `xsell serve` subprocesses) comes from tests/conftest.py.
+# `ranker`, `server`, `copy_bundle` and `serve_cli` (real `xsell serve` subprocesses)
+# come from tests/conftest.py.

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -20,11 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from xsell.v1 import xsell_pb2 as pb
 from xsell.v1 import xsell_pb2_grpc as pb_grpc
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ..conftest import serve_command, unused_port
 
 
 def metric_samples(port: int, name: str) -> list:
@@ -49,7 +43,7 @@ def model_info(port: int) -> tuple[int, pb.GetModelInfoResponse]:
 def test_two_workers_share_the_port_and_reload_together(
     serve_cli, bundle_dir, bundle_root, copy_bundle, ranker
 ):
-    metrics_port = free_port()
+    metrics_port = unused_port()
     proc = serve_cli(
         bundle_dir, "--workers", "2", "--metrics-port", str(metrics_port), "--no-access-log"
     )
@@ -123,7 +117,7 @@ def test_two_workers_share_the_port_and_reload_together(
 def test_sigterm_drains_calls_in_flight(serve_cli, bundle_dir, facts, workers, group):
     """SIGTERM to the server (or to its whole process group, as systemd sends it):
     the calls in flight complete, and the command exits 0."""
-    metrics_port = free_port()
+    metrics_port = unused_port()
     proc = serve_cli(
         bundle_dir, "--workers", str(workers), "--metrics-port", str(metrics_port), "--grace", "30"
     )
@@ -175,19 +169,8 @@ def test_sigterm_drains_calls_in_flight(serve_cli, bundle_dir, facts, workers, g
 def test_unloadable_bundle_stops_serve(tmp_path):
     """Workers that cannot load the bundle at first start stop the command: exit 2, a clear line."""
     missing = tmp_path / "no-bundle-here"
-    cmd = [
-        sys.executable,
-        "-m",
-        "xsell.cli",
-        "serve",
-        "--bundle",
-        str(missing),
-        "--port",
-        "0",
-        "--workers",
-        "2",
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    cmd = serve_command(missing, "--workers", "2")
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr[-3000:]
     assert f"{missing}: not a directory" in done.stderr
     assert "listening" not in done.stdout

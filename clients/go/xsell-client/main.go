@@ -6,10 +6,13 @@
 //	xsell-client -address 127.0.0.1:50051 -user U -cart A,B -strategy up_sell -limit 5 [-explain]
 //	xsell-client -address 127.0.0.1:50051 -request '{"user_id": "U", "cart": [{"item_id": "A"}]}'
 //
-// Security, as `xsell recommend`: -tls-ca CA.pem (TLS; -tls alone: the system's roots),
-// -tls-cert/-tls-key (mutual TLS), -tls-server-name NAME (the name in the server's
-// certificate when it is not the address's host), -token (default $XSELL_TOKEN).
-// Without a -tls* flag the channel is plaintext.
+// Security, as `xsell recommend`: --tls-ca CA.pem (TLS; --tls alone: the system's roots),
+// --tls-cert/--tls-key (mutual TLS), --tls-server-name NAME (the name in the server's
+// certificate when it is not the address's host), --token (default $XSELL_TOKEN).
+// Without a --tls* flag the channel is plaintext.
+//
+// The flag package takes one dash or two; messages spell flags with two, as the
+// Python and Node clients and the documentation do.
 package main
 
 import (
@@ -62,7 +65,8 @@ func fail(format string, args ...interface{}) {
 	os.Exit(2)
 }
 
-// readPEM reads a PEM file now, so a bad path fails before any call, naming the flag and file.
+// readPEM reads a PEM file now, so a bad path fails before any call, naming the flag
+// (e.g. "--tls-ca") and the file.
 func readPEM(file, flagName string) ([]byte, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
@@ -70,10 +74,10 @@ func readPEM(file, flagName string) ([]byte, error) {
 		if errors.As(err, &pathErr) {
 			err = pathErr.Err // the path is named once, below
 		}
-		return nil, fmt.Errorf("-%s: cannot read %s: %v", flagName, file, err)
+		return nil, fmt.Errorf("%s: cannot read %s: %v", flagName, file, err)
 	}
 	if !strings.Contains(string(data), "-----BEGIN ") {
-		return nil, fmt.Errorf("-%s: %s is not a PEM file", flagName, file)
+		return nil, fmt.Errorf("%s: %s is not a PEM file", flagName, file)
 	}
 	return data, nil
 }
@@ -83,30 +87,30 @@ func readPEM(file, flagName string) ([]byte, error) {
 func tlsConfig(caFile, certFile, keyFile, serverName string) (*tls.Config, error) {
 	config := &tls.Config{ServerName: serverName, MinVersion: tls.VersionTLS12}
 	if caFile != "" {
-		ca, err := readPEM(caFile, "tls-ca")
+		ca, err := readPEM(caFile, "--tls-ca")
 		if err != nil {
 			return nil, err
 		}
 		config.RootCAs = x509.NewCertPool()
 		if !config.RootCAs.AppendCertsFromPEM(ca) {
-			return nil, fmt.Errorf("-tls-ca: no certificate in %s", caFile)
+			return nil, fmt.Errorf("--tls-ca: no certificate in %s", caFile)
 		}
 	}
 	if (certFile == "") != (keyFile == "") {
-		return nil, errors.New("-tls-cert and -tls-key go together (mutual TLS needs both)")
+		return nil, errors.New("--tls-cert and --tls-key go together (mutual TLS needs both)")
 	}
 	if certFile != "" {
-		cert, err := readPEM(certFile, "tls-cert")
+		cert, err := readPEM(certFile, "--tls-cert")
 		if err != nil {
 			return nil, err
 		}
-		key, err := readPEM(keyFile, "tls-key")
+		key, err := readPEM(keyFile, "--tls-key")
 		if err != nil {
 			return nil, err
 		}
 		pair, err := tls.X509KeyPair(cert, key)
 		if err != nil {
-			return nil, fmt.Errorf("-tls-cert %s / -tls-key %s: %v", certFile, keyFile, err)
+			return nil, fmt.Errorf("--tls-cert %s / --tls-key %s: %v", certFile, keyFile, err)
 		}
 		config.Certificates = []tls.Certificate{pair}
 	}
@@ -117,13 +121,13 @@ func buildRequest(requestJSON, user, cart, strategy string, limit uint, explain 
 	req := &xsellv1.RecommendRequest{}
 	if requestJSON != "" {
 		if err := protojson.Unmarshal([]byte(requestJSON), req); err != nil {
-			fail("-request: %v", err)
+			fail("--request: %v", err)
 		}
 		return req
 	}
 	s, ok := strategies[strategy]
 	if !ok {
-		fail("-strategy: %q is not one of cross_sell, up_sell, both", strategy)
+		fail("--strategy: %q is not one of cross_sell, up_sell, both", strategy)
 	}
 	req.UserId, req.Strategy, req.Limit, req.Explain = user, s, uint32(limit), explain
 	for _, id := range strings.Split(cart, ",") {
@@ -162,7 +166,7 @@ func main() {
 		security = grpc.WithTransportCredentials(credentials.NewTLS(config))
 	} else if *serverName != "" {
 		// a server name on a plaintext channel would be silently ignored
-		fail("-tls-server-name needs TLS (-tls-ca, -tls-cert or -tls)")
+		fail("--tls-server-name needs TLS (--tls-ca, --tls-cert or --tls)")
 	}
 	conn, err := grpc.Dial(*address, security)
 	if err != nil {
@@ -179,9 +183,9 @@ func main() {
 		case st.Code() != codes.Unavailable:
 			return ""
 		case !secure:
-			return " (plaintext channel: if the server uses TLS, give -tls-ca or -tls)"
+			return " (plaintext channel: if the server uses TLS, give --tls-ca or --tls)"
 		case *certFile == "":
-			return " (if the server requires mutual TLS, give -tls-cert and -tls-key)"
+			return " (if the server requires mutual TLS, give --tls-cert and --tls-key)"
 		}
 		return ""
 	}
