@@ -126,10 +126,11 @@ class Ticket:
 class _Waiter:
     """One call waiting for a work slot; `outcome` is set (under the lock) by whoever wakes it."""
 
-    __slots__ = ("event", "outcome", "since")
+    __slots__ = ("event", "granted", "outcome", "since")
 
     def __init__(self, since: float) -> None:
         self.since = since
+        self.granted = since  # when it got its slot (set by release_slot)
         self.outcome: str | None = None  # _SLOT: it may run; _SHED: refuse it
         self.event = threading.Event()
 
@@ -161,11 +162,15 @@ class Admission:
     (2 x threads) calls are held, the excess is refused at arrival by the cheap refusal
     path; and a call that has waited more than `overload_wait` for a slot is refused
     (RESOURCE_EXHAUSTED, `Overloaded`) instead of running late: first of all the backlog
-    that built up before the overload was detected. The state ends when arrivals that
-    find a free slot are common again (an average over the last ~50 arrivals, refused
-    ones included, above 20%): one lucky arrival during an overload must not reopen the
-    gates to a backlog that gRPC core holds, nor may a queue that the overload bound
-    itself keeps short.
+    that built up before the overload was detected. The state ends when the load the
+    arrivals bring is sustainable again: over a window of `EXIT_WINDOW` (0.25 s) the
+    arrivals (refused ones included) times the average time a call holds a slot is
+    under `EXIT_LOAD` (80%) of the slots' time. One lucky arrival during an overload
+    must not reopen the gates to a backlog that gRPC core holds, nor may a queue that
+    the overload bound itself keeps short. (Before: the share of arrivals that found a
+    free slot, above 20%. Under a 5 x overload about 1 in 5 arrivals is served, so that
+    share hovered at the threshold and the state flapped several times a second, each
+    exit letting a full bound of calls in: accepted p50 3-13 s, measured.)
 
     Defaults (128 held, 50 ms, 0.5 s): at 70% load a worker taking ~260 calls/s drains
     the backlog of a host stall of up to ~200 ms without refusing anything; a real
@@ -181,8 +186,9 @@ class Admission:
     call that frees it. `clock` (wall) and `cpu_clock` are injectable for tests.
     """
 
-    EXIT_IDLE_SHARE = 0.2
-    _DECAY = 0.98  # per arrival: an average over ~50 arrivals
+    EXIT_LOAD = 0.8
+    EXIT_WINDOW = 0.25  # s of wall time per load estimate while overloaded
+    _SERVICE_DECAY = 0.9  # per call: the slot time is an average over the last ~10 calls
 
     def __init__(
         self,
@@ -217,7 +223,8 @@ class Admission:
         self._running = 0
         self._queue: deque[_Waiter] = deque()  # oldest first
         self._last_fast = cpu_clock()  # CPU time of the last arrival that found no slow queue
-        self._idle_share = 1.0  # moving average of "this arrival found a free slot"
+        self._service: float | None = None  # moving average of a call's slot time, wall s
+        self._window_start, self._window_arrivals = 0.0, 0  # the load estimate's window
         self.overloaded = False
         self.shed_waiting = 0  # calls refused after waiting longer than overload_wait
         self._since, self._refused_now, self._shed_before = 0.0, 0, 0  # the current overload
@@ -237,21 +244,30 @@ class Admission:
     def _arrival(self, free: bool, *, full: bool = False) -> None:
         """Update the overload state for one arrival (call with the lock held).
 
-        Two signals: `free` (a slot was free) feeds the average that ends an overload;
-        the age of the oldest waiting call (under `target_wait`, or nobody waiting)
-        resets the slow-queue clock. `full`: the arrival found the normal bound reached.
-        A free slot as the entry signal would be too strict with one thread (at 70% load
-        70% of arrivals find the slot taken); an empty queue as the exit signal too lax
-        (under overload the bound of 2 x threads keeps the queue short, so it empties
-        often while the excess is refused)."""
-        self._idle_share = self._idle_share * self._DECAY + (1 - self._DECAY) * free
+        The age of the oldest waiting call (under `target_wait`, or nobody waiting)
+        resets the slow-queue clock; `full`: the arrival found the normal bound reached;
+        `free`: a slot was free (only counted). While overloaded every arrival counts
+        towards the load estimate that ends the state. A free slot as the entry signal
+        would be too strict with one thread (at 70% load 70% of arrivals find the slot
+        taken); an empty queue as the exit signal too lax (under overload the bound of
+        2 x threads keeps the queue short, so it empties often while the excess is
+        refused)."""
         cpu = self._cpu_clock()
         queue = self._queue
         if not queue or self._clock() - queue[0].since < self.target_wait:
             self._last_fast = cpu
         if self.overloaded:
             self._refused_now += not free
-            if self._idle_share > self.EXIT_IDLE_SHARE:
+            self._window_arrivals += 1
+            now = self._clock()
+            span = now - self._window_start
+            if span < self.EXIT_WINDOW:
+                pass
+            elif self._window_arrivals * (self._service or 0.0) >= (
+                self.EXIT_LOAD * span * self.threads
+            ):
+                self._window_start, self._window_arrivals = now, 0  # still too much: next window
+            else:
                 self.overloaded = False
                 log.info(
                     "overload over after %.2f s: %d arrivals found it busy, %d calls shed "
@@ -262,8 +278,8 @@ class Admission:
                 )
         elif full or cpu - self._last_fast > self.standing_after:
             self.overloaded = True
-            self._idle_share = 0.0  # the queue stood for standing_after: start from there
             self._since, self._refused_now, self._shed_before = self._clock(), 0, self.shed_waiting
+            self._window_start, self._window_arrivals = self._since, 0
             why = (
                 f"{self.max_in_flight} calls held"
                 if full
@@ -303,15 +319,16 @@ class Admission:
         with self._lock:
             self._held -= 1
 
-    def take_slot(self, context: grpc.ServicerContext) -> None:
-        """Wait for a work slot. Raises DeadlineExpired when the caller's deadline comes
-        first, Overloaded when the call waited longer than overload_wait while overloaded."""
+    def take_slot(self, context: grpc.ServicerContext) -> float:
+        """Wait for a work slot; returns when it got it (pass that to `release_slot`).
+        Raises DeadlineExpired when the caller's deadline comes first, Overloaded when
+        the call waited longer than overload_wait while overloaded."""
         with self._lock:
             free = self._running < self.threads and not self._queue
             self._arrival(free)
             if free:
                 self._running += 1
-                return
+                return self._clock()
             waiter = _Waiter(self._clock())
             self._queue.append(waiter)
         # one blocking wait, no polling: queued threads waking every few ms would fight
@@ -322,7 +339,7 @@ class Admission:
                 self._queue.remove(waiter)
             outcome = waiter.outcome
         if outcome == _SLOT:
-            return
+            return waiter.granted
         if outcome == _SHED:
             raise Overloaded(
                 f"overloaded: waited over {self.overload_wait * 1e3:.0f} ms for a work slot; "
@@ -330,15 +347,21 @@ class Admission:
             )
         raise DeadlineExpired("deadline expired while waiting for a work slot")
 
-    def release_slot(self) -> None:
-        """The call holding a slot is done: hand the slot to the oldest waiting call that
-        has not waited too long, or free it."""
+    def release_slot(self, granted: float | None = None) -> None:
+        """The call holding a slot since `granted` (take_slot's answer) is done: hand the
+        slot to the oldest waiting call that has not waited too long, or free it."""
         with self._lock:
+            now = self._clock()
+            if granted is not None:
+                busy = now - granted
+                d = self._SERVICE_DECAY
+                self._service = busy if self._service is None else d * self._service + (1 - d) * busy
             if self.overloaded:
                 self._shed_stale()
             if self._queue:
                 waiter = self._queue.popleft()
                 waiter.outcome = _SLOT  # the slot passes on: `running` stays
+                waiter.granted = now
                 waiter.event.set()
             else:
                 self._running -= 1
@@ -459,7 +482,7 @@ class ServingInterceptor(grpc.ServerInterceptor):
 
         def call(request: Any, context: grpc.ServicerContext, ticket: Ticket | None) -> Any:
             start = time.perf_counter()
-            response, status, slot = None, None, False
+            response, status, granted = None, None, None
             try:
                 if isinstance(request, Undecodable):
                     raise InvalidRequest(
@@ -469,8 +492,7 @@ class ServingInterceptor(grpc.ServerInterceptor):
                 in_flight.inc()  # admitted: queued for a work slot or running
                 try:
                     if admission is not None:
-                        admission.take_slot(context)
-                        slot = True
+                        granted = admission.take_slot(context)
                         check_time_left(context, before=f"{method} started")
                     response = behavior(request, context)
                 finally:
@@ -478,8 +500,8 @@ class ServingInterceptor(grpc.ServerInterceptor):
             except Exception as exc:  # noqa: BLE001 - to_status is the one mapping; it logs the unexpected
                 status = to_status(exc)
             finally:
-                if slot:
-                    admission.release_slot()
+                if granted is not None:
+                    admission.release_slot(granted)
                 if ticket is not None:
                     ticket.release()
             elapsed = time.perf_counter() - start
