@@ -6,7 +6,7 @@ log, deadlines), message-size limits, keepalive and the in-flight bound into one
 `grpc.Server`. It does not start it; `XsellServer.start()` does.
 
 Overload (see xsell.server.interceptor): at most `max_in_flight` RecommendService
-calls are held (default 128; 2 x threads while overloaded, i.e. once that bound was
+calls are held (default 64; 2 x threads while overloaded, i.e. once that bound was
 reached or calls waited over 50 ms for a slot for 0.5 s of CPU time, when calls that
 waited over 20 ms for a slot are refused too), at most `threads` (default 1) run ranking code
 at once, the others wait for a slot; past the bound a call is answered

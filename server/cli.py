@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
         type=int,
         default=None,
         help="calls a worker holds (ranking + queued) before answering RESOURCE_EXHAUSTED "
-        "(default max(128, 2 x threads))",
+        "(default max(64, 2 x threads))",
     )
     p.add_argument(
         "--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off (default)"

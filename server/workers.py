@@ -57,7 +57,7 @@ class ServeConfig:
     port: int = 50051
     workers: int = 1
     threads: int = 1
-    max_in_flight: int | None = None  # None = max(128, 2 x threads)
+    max_in_flight: int | None = None  # None = max(64, 2 x threads)
     metrics_port: int = 0  # 0 = no metrics endpoint
     metrics_host: str | None = None  # None = host
     bundle_root: str | None = None  # None = the bundle's parent directory
