@@ -250,40 +250,33 @@ class Admission:
 
         The age of the oldest waiting call (under `target_wait`, or nobody waiting)
         resets the slow-queue clock; `full`: the arrival found the normal bound reached;
-        `free`: a slot was free (only counted). While overloaded every arrival counts
-        towards the load estimate that ends the state. A free slot as the entry signal
-        would be too strict with one thread (at 70% load 70% of arrivals find the slot
-        taken); an empty queue as the exit signal too lax (under overload the bound of
-        2 x threads keeps the queue short, so it empties often while the excess is
-        refused)."""
+        `free`: a slot was free (counted for the log). While overloaded every arrival
+        counts towards the load estimate that ends the state."""
         cpu = self._cpu_clock()
+        now = self._clock()
         queue = self._queue
-        if not queue or self._clock() - queue[0].since < self.target_wait:
+        if not queue or now - queue[0].since < self.target_wait:
             self._last_fast = cpu
         if self.overloaded:
             self._refused_now += not free
             self._window_arrivals += 1
-            now = self._clock()
             span = now - self._window_start
-            if span < self.EXIT_WINDOW:
-                pass
-            elif self._window_arrivals * (self._service or 0.0) >= (
-                self.EXIT_LOAD * span * self.threads
-            ):
-                self._window_start, self._window_arrivals = now, 0  # still too much: next window
-            else:
-                self.overloaded = False
-                log.info(
-                    "overload over after %.2f s: %d arrivals found it busy, %d calls shed "
-                    "after waiting",
-                    self._clock() - self._since,
-                    self._refused_now,
-                    self.shed_waiting - self._shed_before,
-                )
+            if span >= self.EXIT_WINDOW:
+                work = self._window_arrivals * (self._service or 0.0)
+                self._window_start, self._window_arrivals = now, 0
+                if work < self.EXIT_LOAD * span * self.threads:
+                    self.overloaded = False
+                    log.info(
+                        "overload over after %.2f s: %d arrivals found it busy, %d calls "
+                        "shed after waiting",
+                        now - self._since,
+                        self._refused_now,
+                        self.shed_waiting - self._shed_before,
+                    )
         elif full or cpu - self._last_fast > self.standing_after:
             self.overloaded = True
-            self._since, self._refused_now, self._shed_before = self._clock(), 0, self.shed_waiting
-            self._window_start, self._window_arrivals = self._since, 0
+            self._since, self._refused_now, self._shed_before = now, 0, self.shed_waiting
+            self._window_start, self._window_arrivals = now, 0
             why = (
                 f"{self.max_in_flight} calls held"
                 if full
