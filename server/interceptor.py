@@ -352,7 +352,9 @@ class Admission:
             if granted is not None:
                 busy = now - granted
                 d = self._SERVICE_DECAY
-                self._service = busy if self._service is None else d * self._service + (1 - d) * busy
+                self._service = (
+                    busy if self._service is None else d * self._service + (1 - d) * busy
+                )
             if self.overloaded:
                 self._shed_stale()
             if self._queue:
