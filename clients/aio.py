@@ -14,6 +14,7 @@ made in.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 from xsell.clients.client import (
+    DEFAULT_CONNECTIONS,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     RELOAD_TIMEOUT,
@@ -70,6 +72,7 @@ class AsyncXsellClient:
         metadata: Sequence[tuple[str, str]] = (),
         options: Sequence[tuple[str, Any]] = (),
         seed: int | None = None,
+        connections: int = DEFAULT_CONNECTIONS,
     ) -> None:
         self._s = _Settings.build(
             address,
@@ -81,14 +84,11 @@ class AsyncXsellClient:
             metadata=metadata,
             options=options,
             seed=seed,
+            connections=connections,
         )
-        if tls is None:
-            self._channel = grpc.aio.insecure_channel(self._s.address, options=self._s.options)
-        else:
-            self._channel = grpc.aio.secure_channel(
-                self._s.address, tls.credentials(), options=self._s.options
-            )
-        self._stub = pb_grpc.RecommendServiceStub(self._channel)
+        self._channels = self._s.open_channels(grpc.aio.insecure_channel, grpc.aio.secure_channel)
+        self._stubs = [pb_grpc.RecommendServiceStub(c) for c in self._channels]
+        self._turn = itertools.count()
         self._closed = False
 
     @property
@@ -158,9 +158,9 @@ class AsyncXsellClient:
             raise ClientConfigError(f"{method}: the client is closed")
         budget = self._s.timeout if timeout is None else check_timeout(timeout)
         deadline = time.monotonic() + budget
-        rpc = getattr(self._stub, method)
         retry = 0
         while True:
+            rpc = getattr(self._stubs[next(self._turn) % len(self._stubs)], method)
             try:
                 return await rpc(
                     request,
@@ -177,7 +177,8 @@ class AsyncXsellClient:
 
     async def close(self) -> None:
         self._closed = True
-        await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -186,4 +187,4 @@ class AsyncXsellClient:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"AsyncXsellClient({self._s.address!r}, timeout={self._s.timeout}, retries={self._s.retries}, tls={self._s.tls is not None})"
+        return f"AsyncXsellClient({self._s.address!r}, timeout={self._s.timeout}, retries={self._s.retries}, tls={self._s.tls is not None}, connections={self._s.connections})"

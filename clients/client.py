@@ -29,12 +29,13 @@ Behaviour shared with the asyncio client (`xsell.clients.aio`):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,11 @@ log = logging.getLogger("xsell.clients")
 
 DEFAULT_TIMEOUT = 1.0  # seconds for a whole call, retries included
 DEFAULT_RETRIES = 3
+# `xsell serve --workers N` shares one port between N processes (SO_REUSEPORT): the
+# kernel gives each *connection* to one worker, so one connection reaches one worker.
+# Calls rotate over this many connections (each opened at its first call).
+DEFAULT_CONNECTIONS = 4
+MAX_CONNECTIONS = 64
 RELOAD_TIMEOUT = 60.0  # ReloadModel loads a bundle (seconds, not milliseconds)
 MAX_RECEIVE_BYTES = 16 * 1024 * 1024  # the server may send up to 16 MiB (batch answers)
 MIN_ATTEMPT_SECONDS = 0.01  # less time than this left: another attempt cannot succeed
@@ -413,6 +419,7 @@ class _Settings:
     metadata: tuple[tuple[str, str], ...]
     backoff: Backoff
     options: list[tuple[str, Any]]
+    connections: int = 1
     rng: random.Random = field(repr=False, default_factory=random.Random)
 
     @classmethod
@@ -428,11 +435,20 @@ class _Settings:
         metadata: Sequence[tuple[str, str]],
         options: Sequence[tuple[str, Any]],
         seed: int | None,
+        connections: int = DEFAULT_CONNECTIONS,
     ) -> _Settings:
         if not isinstance(address, str) or not address.strip():
             raise ClientConfigError(f"address: expected HOST:PORT, got {address!r}")
         if not isinstance(retries, int) or retries < 0:
             raise ClientConfigError(f"retries: must be an int >= 0, got {retries!r}")
+        if (
+            not isinstance(connections, int)
+            or isinstance(connections, bool)
+            or not 1 <= connections <= MAX_CONNECTIONS
+        ):
+            raise ClientConfigError(
+                f"connections: must be an int from 1 to {MAX_CONNECTIONS}, got {connections!r}"
+            )
         backoff = backoff if backoff is not None else Backoff()
         return cls(
             address=address.strip(),
@@ -442,8 +458,23 @@ class _Settings:
             metadata=call_metadata(token, metadata),
             backoff=backoff,
             options=channel_options(backoff, tls, options),
+            connections=connections,
             rng=random.Random(seed),
         )
+
+    def open_channels(self, insecure: Callable[..., Any], secure: Callable[..., Any]) -> list[Any]:
+        """`connections` channels to the address (grpc or grpc.aio factories). With
+        several, each gets its own subchannel pool: gRPC otherwise shares one connection
+        between channels with the same arguments."""
+        options = self.options
+        if self.connections > 1:
+            options = [*options, ("grpc.use_local_subchannel_pool", 1)]
+        if self.tls is None:
+            return [insecure(self.address, options=options) for _ in range(self.connections)]
+        return [
+            secure(self.address, self.tls.credentials(), options=options)
+            for _ in range(self.connections)
+        ]
 
     def plan_retry(self, exc: grpc.RpcError, retry: int, deadline: float) -> float | None:
         return next_delay(
@@ -457,13 +488,15 @@ class _Settings:
 
 
 class XsellClient:
-    """Blocking client; one channel, thread-safe. Close it (or use `with`).
+    """Blocking client, thread-safe. Close it (or use `with`).
 
     address: "HOST:PORT". timeout: seconds per method call, retries included
     (> 0; per-call `timeout=` overrides). retries: extra attempts on UNAVAILABLE.
     tls: None = plaintext. token: bearer token for every call. backoff: retry
     waits. metadata: extra (key, value) pairs for every call. options: extra gRPC
     channel options. seed: seeds the back-off jitter (reproducible waits).
+    connections: calls (and each retry) rotate over this many connections, each
+    opened at its first call, so they reach every worker of a multi-process server.
     """
 
     def __init__(
@@ -478,6 +511,7 @@ class XsellClient:
         metadata: Sequence[tuple[str, str]] = (),
         options: Sequence[tuple[str, Any]] = (),
         seed: int | None = None,
+        connections: int = DEFAULT_CONNECTIONS,
     ) -> None:
         self._s = _Settings.build(
             address,
@@ -489,14 +523,11 @@ class XsellClient:
             metadata=metadata,
             options=options,
             seed=seed,
+            connections=connections,
         )
-        if tls is None:
-            self._channel = grpc.insecure_channel(self._s.address, options=self._s.options)
-        else:
-            self._channel = grpc.secure_channel(
-                self._s.address, tls.credentials(), options=self._s.options
-            )
-        self._stub = pb_grpc.RecommendServiceStub(self._channel)
+        self._channels = self._s.open_channels(grpc.insecure_channel, grpc.secure_channel)
+        self._stubs = [pb_grpc.RecommendServiceStub(c) for c in self._channels]
+        self._turn = itertools.count()  # next() is atomic under the GIL: thread-safe
         self._closed = False
 
     @property
@@ -576,9 +607,9 @@ class XsellClient:
             raise ClientConfigError(f"{method}: the client is closed")
         budget = self._s.timeout if timeout is None else check_timeout(timeout)
         deadline = time.monotonic() + budget
-        rpc = getattr(self._stub, method)
         retry = 0
         while True:
+            rpc = getattr(self._stubs[next(self._turn) % len(self._stubs)], method)
             try:
                 return rpc(
                     request,
@@ -595,7 +626,8 @@ class XsellClient:
 
     def close(self) -> None:
         self._closed = True
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
 
     def __enter__(self) -> Self:
         return self
@@ -604,4 +636,4 @@ class XsellClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"XsellClient({self._s.address!r}, timeout={self._s.timeout}, retries={self._s.retries}, tls={self._s.tls is not None})"
+        return f"XsellClient({self._s.address!r}, timeout={self._s.timeout}, retries={self._s.retries}, tls={self._s.tls is not None}, connections={self._s.connections})"

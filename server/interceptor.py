@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import weakref
@@ -378,6 +379,7 @@ class ServingInterceptor(grpc.ServerInterceptor):
         self._metrics = metrics
         self._prefix = f"/{service}/"
         self._log = logging.getLogger(ACCESS_LOGGER) if access_log else None
+        self._pid = os.getpid()  # the worker that answered: workers share one log
         self._admission = admission
         # method -> (handler it wraps, wrapped behavior(request, context, ticket), refusal handler)
         self._wrapped: dict[
@@ -434,7 +436,8 @@ class ServingInterceptor(grpc.ServerInterceptor):
         self._metrics.requests.labels(method, code.name).inc()
         access = self._log
         if access is not None and access.isEnabledFor(logging.INFO):
-            line = {"method": method, "code": code.name, "latency_ms": round(elapsed * 1e3, 3)}
+            line = {"method": method, "code": code.name, "latency_ms": round(elapsed * 1e3, 3),
+                    "pid": self._pid}  # fmt: skip
             caller = CALLER.get()
             if caller:
                 line["caller"] = caller
