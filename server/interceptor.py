@@ -112,11 +112,12 @@ def tolerant_deserializer(parse: Callable[[bytes], Any]) -> Callable[[bytes], An
 class Ticket:
     """One admitted call's hold on the in-flight bound; released exactly once."""
 
-    __slots__ = ("__weakref__", "_admission", "_released")
+    __slots__ = ("__weakref__", "_admission", "_released", "admitted")
 
-    def __init__(self, admission: Admission) -> None:
+    def __init__(self, admission: Admission, admitted: float) -> None:
         self._admission = admission
         self._released = False
+        self.admitted = admitted  # when gRPC's polling thread admitted it (Admission's clock)
 
     def release(self) -> None:
         if not self._released:  # the handler's finally and the GC finalizer may both call
@@ -311,24 +312,39 @@ class Admission:
                 self._arrival(False, full=not self.overloaded)  # refused: certainly not idle
                 return None
             self._held += 1
-        return Ticket(self)
+        return Ticket(self, self._clock())
 
     def _release(self) -> None:
         with self._lock:
             self._held -= 1
 
-    def take_slot(self, context: grpc.ServicerContext) -> float:
+    def take_slot(self, context: grpc.ServicerContext, admitted: float | None = None) -> float:
         """Wait for a work slot; returns when it got it (pass that to `release_slot`).
-        Raises DeadlineExpired when the caller's deadline comes first, Overloaded when
-        the call waited longer than overload_wait while overloaded."""
+        `admitted`: when the call was admitted (its Ticket), so that the time its handler
+        spent queued in gRPC's thread pool counts as waiting too. Raises DeadlineExpired
+        when the caller's deadline comes first, Overloaded when the call waited longer
+        than overload_wait while overloaded."""
         with self._lock:
+            now = self._clock()
+            since = now if admitted is None else admitted
             free = self._running < self.threads and not self._queue
             self._arrival(free)
-            if free:
+            stale = self.overloaded and now - since > self.overload_wait
+            if stale:
+                self.shed_waiting += 1
+            elif free:
                 self._running += 1
-                return self._clock()
-            waiter = _Waiter(self._clock())
-            self._queue.append(waiter)
+                return now
+            else:
+                waiter = _Waiter(since)
+                self._queue.append(waiter)
+        if stale:
+            # under overload, refusals queue in the same thread pool ahead of an admitted
+            # call's handler: measured, accepted calls then ran 0.6-0.8 s late at p99
+            raise Overloaded(
+                f"overloaded: waited over {self.overload_wait * 1e3:.0f} ms for a work slot; "
+                "back off and retry"
+            )
         # one blocking wait, no polling: queued threads waking every few ms would fight
         # the running calls for the GIL. A cancelled caller's call leaves at its deadline.
         waiter.event.wait(context.time_remaining())
@@ -494,7 +510,9 @@ class ServingInterceptor(grpc.ServerInterceptor):
                 in_flight.inc()  # admitted: queued for a work slot or running
                 try:
                     if admission is not None:
-                        granted = admission.take_slot(context)
+                        granted = admission.take_slot(
+                            context, ticket.admitted if ticket is not None else None
+                        )
                         check_time_left(context, before=f"{method} started")
                     response = behavior(request, context)
                 finally:
