@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     p.add_argument("--procs", type=int, default=1, help="client processes")
     p.add_argument("--connections", type=int, default=0,
-                   help="connections per client process (0 = one per caller, or 4 in open loop)")  # fmt: skip
+                   help="connections per client process (0 = one per caller, or 16 in open loop)")  # fmt: skip
     p.add_argument("--requests", type=Path, default=None,
                    help="request file (JSON Lines of RecommendRequest), cycled; see `xsell loadtest requests`")  # fmt: skip
     p.add_argument(

@@ -38,6 +38,11 @@ RECOMMEND_METHOD = "/xsell.v1.RecommendService/Recommend"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 TARGETS = ("recommend", "health")
 BACKLOG = "CLIENT_BACKLOG"  # open loop: too many calls outstanding, the call was not sent
+# The server's workers share the port and the kernel gives each connection to one of
+# them: with 4 per process an open loop's calls landed mostly on one worker of 2 at
+# times, more than its capacity (bench_load, session 3: every overload episode on one
+# worker). 16 keep the split near even.
+OPEN_LOOP_CONNECTIONS = 16
 START_MARGIN_S = 0.5  # between "every process is connected" and the first call
 
 
@@ -52,7 +57,7 @@ class LoadConfig:
     duration: float = 10.0  # measured window, seconds
     warmup: float = 2.0  # load before the window, not measured
     procs: int = 1  # client processes
-    connections: int = 0  # per process; 0 = one per caller (closed) or 4 (open)
+    connections: int = 0  # per process; 0 = one per caller (closed) or OPEN_LOOP_CONNECTIONS (open)
     timeout: float = 10.0  # per-call deadline, seconds
     connect_timeout: float = 10.0  # for each connection, before the run starts
     arrival: str = "poisson"  # open loop: poisson | uniform
@@ -173,7 +178,7 @@ async def _client(
 
     closed = cfg.mode == "closed"
     callers = int(share) if closed else 0
-    n_conn = cfg.connections or (callers if closed else 4)
+    n_conn = cfg.connections or (callers if closed else OPEN_LOOP_CONNECTIONS)
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 16 << 20)]
     channels = [grpc.aio.insecure_channel(cfg.address, options=options) for _ in range(n_conn)]
     method = HEALTH_METHOD if cfg.target == "health" else RECOMMEND_METHOD
