@@ -318,6 +318,12 @@ class Admission:
         with self._lock:
             self._held -= 1
 
+    def _stale_error(self) -> Overloaded:
+        return Overloaded(
+            f"overloaded: waited over {self.overload_wait * 1e3:.0f} ms for a work slot; "
+            "back off and retry"
+        )
+
     def take_slot(self, context: grpc.ServicerContext, admitted: float | None = None) -> float:
         """Wait for a work slot; returns when it got it (pass that to `release_slot`).
         `admitted`: when the call was admitted (its Ticket), so that the time its handler
@@ -341,10 +347,7 @@ class Admission:
         if stale:
             # under overload, refusals queue in the same thread pool ahead of an admitted
             # call's handler: measured, accepted calls then ran 0.6-0.8 s late at p99
-            raise Overloaded(
-                f"overloaded: waited over {self.overload_wait * 1e3:.0f} ms for a work slot; "
-                "back off and retry"
-            )
+            raise self._stale_error()
         # one blocking wait, no polling: queued threads waking every few ms would fight
         # the running calls for the GIL. A cancelled caller's call leaves at its deadline.
         waiter.event.wait(context.time_remaining())
@@ -355,10 +358,7 @@ class Admission:
         if outcome == _SLOT:
             return waiter.granted
         if outcome == _SHED:
-            raise Overloaded(
-                f"overloaded: waited over {self.overload_wait * 1e3:.0f} ms for a work slot; "
-                "back off and retry"
-            )
+            raise self._stale_error()
         raise DeadlineExpired("deadline expired while waiting for a work slot")
 
     def release_slot(self, granted: float | None = None) -> None:
