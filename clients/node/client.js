@@ -3,8 +3,9 @@
 // protos/ (the same files every other client is generated from; nothing is copied).
 //
 //   const { createClient, call } = require('./client');
-//   const client = createClient('127.0.0.1:50051');
+//   const client = createClient('127.0.0.1:50051');   // { connections: 4 } by default
 //   const info = await call(client, 'GetModelInfo', {});
+//   client.close();
 //   // TLS (server-authenticated), mutual TLS, a bearer token:
 //   createClient('10.0.0.7:50051', {
 //     tls: { ca: 'ca.pem', cert: 'client.pem', key: 'client.key', serverName: 'xsell.internal' },
@@ -17,6 +18,7 @@
 const crypto = require('crypto');
 const fs = require('fs');
 const path = require('path');
+const util = require('util');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
@@ -33,6 +35,12 @@ const LOADER_OPTIONS = {
 };
 // The server's batch answers can pass gRPC's 4 MiB default (see server/README.md).
 const CHANNEL_OPTIONS = { 'grpc.max_receive_message_length': 16 * 1024 * 1024 };
+// `xsell serve --workers N` shares one port between N processes (SO_REUSEPORT): the
+// kernel gives each *connection* to one worker, so one connection reaches one worker.
+// Calls rotate over this many connections (each opened at its first call), as in the
+// Python clients (DEFAULT_CONNECTIONS, MAX_CONNECTIONS in clients/client.py).
+const DEFAULT_CONNECTIONS = 4;
+const MAX_CONNECTIONS = 64;
 
 function loadService(protoRoot = PROTO_ROOT) {
   const definition = protoLoader.loadSync(PROTO_FILE, { ...LOADER_OPTIONS, includeDirs: [protoRoot] });
@@ -95,23 +103,72 @@ function channelSecurity(tls, names = TLS_OPTION_NAMES) {
   return { credentials, options };
 }
 
+function checkConnections(connections) {
+  if (!Number.isInteger(connections) || connections < 1 || connections > MAX_CONNECTIONS) {
+    throw new ClientConfigError(
+      `connections: must be a whole number from 1 to ${MAX_CONNECTIONS}, got ${util.inspect(connections)}`,
+    );
+  }
+  return connections;
+}
+
+// One grpc-js client (one channel) per connection; `call` takes them in turn. Node runs
+// the calls' JavaScript on one thread, so the turn counter needs no lock.
+class XsellClient {
+  constructor(stubs, token) {
+    this.stubs = stubs;
+    this.xsellToken = token;
+    this.turn = 0;
+    this.closed = false;
+  }
+
+  get connections() {
+    return this.stubs.length;
+  }
+
+  // The channel for the next call (round robin).
+  next() {
+    const stub = this.stubs[this.turn];
+    this.turn = (this.turn + 1) % this.stubs.length;
+    return stub;
+  }
+
+  close() {
+    this.closed = true;
+    for (const stub of this.stubs) stub.close();
+  }
+}
+
 // tlsNames: how errors name the `tls` options (default TLS_OPTION_NAMES).
-function createClient(address, { token, tls, tlsNames } = {}) {
+// connections: calls rotate over this many connections (1..64, default 4), each opened
+// at its first call, so they reach every worker of a multi-process server.
+function createClient(address, { token, tls, tlsNames, connections = DEFAULT_CONNECTIONS } = {}) {
+  checkConnections(connections);
   const RecommendService = loadService();
   const security = channelSecurity(tls, tlsNames);
-  const client = new RecommendService(address, security.credentials, { ...CHANNEL_OPTIONS, ...security.options });
-  client.xsellToken = token || '';
-  return client;
+  const options = { ...CHANNEL_OPTIONS, ...security.options };
+  // grpc-js keeps one process-wide subchannel pool and gives channels with the same
+  // target, options and credentials the same subchannel, i.e. one TCP connection
+  // (subchannel-pool.js). A pool of its own per channel gives each its own connection.
+  if (connections > 1) options['grpc.use_local_subchannel_pool'] = 1;
+  const stubs = [];
+  for (let i = 0; i < connections; i += 1) {
+    stubs.push(new RecommendService(address, security.credentials, options));
+  }
+  return new XsellClient(stubs, token || '');
 }
 
 // Promise wrapper: resolves with the response, rejects with an Error carrying
 // code (a grpc.status number), codeName, details and field (xsell-error-field).
+// Each call goes over the client's next connection (no retries: a failed call rejects).
 function call(client, method, request, { timeoutMs = 5000 } = {}) {
+  if (client.closed) return Promise.reject(new ClientConfigError(`${method}: the client is closed`));
   const metadata = new grpc.Metadata();
   if (client.xsellToken) metadata.set('authorization', `Bearer ${client.xsellToken}`);
   const deadline = new Date(Date.now() + timeoutMs);
+  const stub = client.next();
   return new Promise((resolve, reject) => {
-    client[method](request, metadata, { deadline }, (err, response) => {
+    stub[method](request, metadata, { deadline }, (err, response) => {
       if (!err) return resolve(response);
       const field = err.metadata ? err.metadata.get('xsell-error-field')[0] : undefined;
       const codeName = Object.keys(grpc.status).find((k) => grpc.status[k] === err.code);
@@ -122,4 +179,15 @@ function call(client, method, request, { timeoutMs = 5000 } = {}) {
   });
 }
 
-module.exports = { createClient, call, loadService, channelSecurity, ClientConfigError, PROTO_ROOT, TLS_OPTION_NAMES };
+module.exports = {
+  createClient,
+  call,
+  loadService,
+  channelSecurity,
+  ClientConfigError,
+  XsellClient,
+  PROTO_ROOT,
+  TLS_OPTION_NAMES,
+  DEFAULT_CONNECTIONS,
+  MAX_CONNECTIONS,
+};
