@@ -78,36 +78,58 @@ class PairBatch:
         return self.arts.item_category[self.anchor_safe]
 
     @cached_property
-    def anchor_slots(self) -> tuple[np.ndarray, np.ndarray]:
-        """(distinct anchors, each row's position among them): a cart has a few anchors,
-        so per-anchor work is done once per anchor and gathered, not once per row."""
-        return np.unique(self.anchor_safe, return_inverse=True)
-
-    def by_anchor(self, per_anchor_rows: np.ndarray) -> np.ndarray:
-        """Row i of the result: column i of the row of i's anchor in (n_anchors x n) values."""
-        return per_anchor_rows[self.anchor_slots[1], np.arange(len(self.items))]
-
-    def per_anchor_lookup(self, m: sp.csr_matrix) -> np.ndarray:
-        """m[anchor, candidate] for an (items x items) sparse matrix; 0 without anchor."""
-        rows = np.stack([sparse_lookup(m, int(a), self.items) for a in self.anchor_slots[0]])
-        return np.where(self.has_anchor, self.by_anchor(rows), 0.0).astype(F32)
+    def distinct_anchors(self) -> np.ndarray:
+        """The sorted distinct anchors (>= 0) of the rows: a cart has a few."""
+        distinct = np.unique(self.anchors)
+        return distinct[distinct >= 0]
 
     @cached_property
     def copurchase(self) -> np.ndarray:
-        return self.per_anchor_lookup(self.arts.copurchase)
+        """Baskets holding both anchor and candidate; 0 without anchor."""
+        return self.arts.copurchase_pairs.lookup(self.anchors, self.items, self.distinct_anchors)
 
     @cached_property
     def emb_cos_anchor(self) -> np.ndarray:
-        f = self.arts.item_factors
-        return self.by_anchor(f[self.anchor_slots[0]] @ f[self.items].T)
+        f = self.arts.item_factors  # unit rows: the row-wise dot product is the cosine
+        return np.einsum("ij,ij->i", f[self.anchor_safe], f[self.items])
 
     @cached_property
     def switches(self) -> np.ndarray:
-        return self.per_anchor_lookup(self.arts.switches)
+        return self.arts.switch_pairs.lookup(self.anchors, self.items, self.distinct_anchors)
+
+    @cached_property
+    def _user_row(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(positions in `user_counts.data` of the candidates the shopper bought, which
+        candidates those are), or None: shared by every table in `user_item_twins`."""
+        m = self.arts.user_counts
+        if self.user < 0:
+            return None
+        lo, hi = m.indptr[self.user], m.indptr[self.user + 1]
+        if hi == lo:
+            return None
+        bought = m.indices[lo:hi]
+        pos = np.minimum(np.searchsorted(bought, self.items), hi - lo - 1)
+        hit = bought[pos] == self.items
+        return lo + pos[hit], hit
+
+    def user_item(self, table: str) -> np.ndarray:
+        """arts.<table>[shopper, candidate] as float32, 0 where absent (a user x item table)."""
+        m = getattr(self.arts, table)
+        if table not in self.arts.user_item_twins:
+            return sparse_lookup(m, self.user, self.items)
+        out = np.zeros(len(self.items), dtype=F32)
+        row = self._user_row
+        if row is not None:
+            out[row[1]] = m.data[row[0]]
+        return out
 
     @cached_property
     def user_counts(self) -> np.ndarray:
-        return sparse_lookup(self.arts.user_counts, self.user, self.items)
+        return self.user_item("user_counts")
+
+    @cached_property
+    def user_last_day(self) -> np.ndarray:
+        return self.user_item("user_last_day")
 
     @cached_property
     def user_cat_counts(self) -> np.ndarray:
@@ -132,15 +154,15 @@ def _log_ratio(num, den):
 
 
 def _user_item_days_since(b: PairBatch) -> np.ndarray:
-    last = sparse_lookup(b.arts.user_last_day, b.user, b.items)  # day + 1, 0 = never
+    last = b.user_last_day  # day + 1, 0 = never
     return np.where(last > 0, b.arts.cut_day - (last - 1), np.nan).astype(F32)
 
 
 def _repeat_cycle(b: PairBatch) -> np.ndarray:
     """Days since the shopper last bought the candidate / their mean gap between buys of it:
     ~1 = due again. NaN unless bought at least twice."""
-    last = sparse_lookup(b.arts.user_last_day, b.user, b.items)
-    first = sparse_lookup(b.arts.user_first_day, b.user, b.items)
+    last = b.user_last_day
+    first = b.user_item("user_first_day")
     n = b.user_counts
     with np.errstate(divide="ignore", invalid="ignore"):
         gap = (last - first) / (n - 1)
@@ -235,7 +257,7 @@ FEATURES: tuple[Feature, ...] = (
             lambda b: np.log1p(b.user_cat_counts)),
     Feature("user_cat_share", "user", "share of the shopper's purchases in the candidate's category", _user_cat_share),
     Feature("user_item_decay", "user", "shopper's purchases of the candidate, decayed per later basket",
-            lambda b: sparse_lookup(b.arts.user_decay, b.user, b.items)),
+            lambda b: b.user_item("user_decay")),
     Feature("repeat_cycle", "user", "days since last bought / shopper's mean days between buys of it",
             _repeat_cycle),
     Feature("item_repeat_rate", "user", "share of the candidate's buyers who bought it again",

@@ -12,7 +12,6 @@ from xsell.retrieval.artifacts import Artifacts
 from xsell.retrieval.candidates import CandidateConfig, Candidates, cap, cross_sell_candidates, up_sell_candidates
 from xsell.retrieval.cooccurrence import ComplementTable
 
-from .features import sparse_lookup
 from .rules import RequestScope, hard_filter
 from .types import Filters, Strategy
 
@@ -58,8 +57,8 @@ def best_cross_anchor(arts: Artifacts, items: np.ndarray, anchors: np.ndarray) -
     cats = arts.item_category[items]
     if len(anchors) == 1:
         return np.full(len(items), anchors[0], dtype=np.int64)
-    strength = np.empty((len(anchors), len(items)), dtype=np.float32)
-    for r, a in enumerate(anchors):
-        lift = comp.lift[arts.item_category[a], cats]
-        strength[r] = np.log1p(sparse_lookup(arts.copurchase, int(a), items)) + np.log(np.maximum(lift, 1e-4))
+    # (anchors x items); anchors are sorted and distinct
+    copurchase = arts.copurchase_pairs.lookup(anchors[:, None], items[None, :], anchors)
+    lift = comp.lift[arts.item_category[anchors][:, None], cats[None, :]]
+    strength = np.log1p(copurchase) + np.log(np.maximum(lift, 1e-4))
     return anchors[np.argmax(strength, axis=0)]

@@ -213,8 +213,8 @@ class Ranker:
                             strategy is Strategy.UP_SELL, sources=c.source_names(i))
                 for r, i in enumerate(top)
             ]  # fmt: skip
-        items = [self._item(c.items[i], float(scores[i]), strategy, int(c.anchors[i]), c.source_names(i), rs)
-                 for i, rs in zip(top, reasons)]  # fmt: skip
+        items = self._items(c.items[top], scores[top], strategy, c.anchors[top], [c.source_names(i) for i in top],
+                            reasons)  # fmt: skip
         filled = 0
         if len(items) < n:
             items, filled = self._fill(items, request, strategy, n, ctx)
@@ -257,23 +257,33 @@ class Ranker:
                 continue
             seen.add(item_id)
             taken_per_cat[cat] = taken_per_cat.get(cat, 0) + 1
-            added.append(self._item(c.items[i], floor - 1.0 - len(added) * 1e-3, strategy, int(c.anchors[i]), ("popular",), ()))
-        return items + added, len(added)
+            added.append(i)
+        filled = self._items(c.items[added], floor - 1.0 - np.arange(len(added)) * 1e-3, strategy, c.anchors[added],
+                             [("popular",)] * len(added), [()] * len(added))  # fmt: skip
+        return items + filled, len(added)
 
-    def _item(self, item, score, strategy, anchor, sources, reasons) -> RankedItem:
+    def _items(self, items, scores, strategy, anchors, sources, reasons) -> list[RankedItem]:
+        """RankedItems for index arrays (gathered per column: a handful of numpy calls per
+        list, not per item)."""
         arts = self.arts
-        price = float(arts.price[item])
-        return RankedItem(
-            item_id=str(arts.items.ids[item]),
-            score=score,
-            strategy=strategy,
-            anchor_item_id=str(arts.items.ids[anchor]) if anchor >= 0 else "",
-            price=float(arts.catalog_price[item]),
-            category=str(arts.categories.ids[arts.item_category[item]]),
-            price_uplift=price / float(arts.price[anchor]) if anchor >= 0 and arts.price[anchor] > 0 else 0.0,
-            sources=sources,
-            reasons=reasons,
-        )
+        items = np.asarray(items, dtype=np.int64)
+        anchors = np.asarray(anchors, dtype=np.int64)
+        has = anchors >= 0
+        anchor_safe = np.where(has, anchors, 0)
+        ref = arts.price[anchor_safe].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uplift = np.where(has & (ref > 0), arts.price[items].astype(np.float64) / ref, 0.0)
+        anchor_ids = np.where(has, arts.items.ids[anchor_safe], "")
+        return [
+            RankedItem(item_id=i, score=sc, strategy=strategy, anchor_item_id=a, price=p, category=cat,
+                       price_uplift=u, sources=src, reasons=rs)  # fmt: skip
+            for i, sc, a, p, cat, u, src, rs in zip(
+                arts.items.ids[items].tolist(), np.asarray(scores, dtype=np.float64).tolist(), anchor_ids.tolist(),
+                arts.catalog_price[items].astype(np.float64).tolist(),
+                arts.categories.ids[arts.item_category[items]].tolist(), uplift.tolist(),
+                sources, reasons,
+            )  # fmt: skip
+        ]
 
 
 _NO_CATEGORIES = np.empty(0, np.int32)

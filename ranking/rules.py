@@ -30,18 +30,29 @@ class RequestScope:
     user: int
 
 
+def _isin(values: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """np.isin, without its set-up cost for the usual handful of members (a cart's items
+    or categories): one comparison per member."""
+    if len(members) > 16:
+        return np.isin(values, members)
+    hit = np.zeros(len(values), dtype=bool)
+    for m in members:
+        hit |= values == m
+    return hit
+
+
 def hard_filter(arts: Artifacts, c: Candidates, strategy: Strategy, scope: RequestScope, f: Filters) -> Candidates:
     items = c.items
     keep = arts.in_stock[items]  # fancy indexing: a fresh array, safe to update
     if len(scope.cart_items):
-        keep &= ~np.isin(items, scope.cart_items)
+        keep &= ~_isin(items, scope.cart_items)
     if len(scope.excluded_items):
-        keep &= ~np.isin(items, scope.excluded_items)
+        keep &= ~_isin(items, scope.excluded_items)
     cats = arts.item_category[items]
     if scope.allowed_categories is not None:
-        keep &= np.isin(cats, scope.allowed_categories)
+        keep &= _isin(cats, scope.allowed_categories)
     if len(scope.denied_categories):
-        keep &= ~np.isin(cats, scope.denied_categories)
+        keep &= ~_isin(cats, scope.denied_categories)
     # price_min / price_max bound the price the caller shows (the catalog price);
     # the up-sell band compares reference prices, like the price_uplift it returns.
     shown = arts.catalog_price[items]
@@ -52,9 +63,9 @@ def hard_filter(arts: Artifacts, c: Candidates, strategy: Strategy, scope: Reque
     price = arts.price[items]
     if f.exclude_purchased and scope.user >= 0:
         lo, hi = arts.user_counts.indptr[scope.user], arts.user_counts.indptr[scope.user + 1]
-        keep &= ~np.isin(items, arts.user_counts.indices[lo:hi])
+        keep &= ~_isin(items, arts.user_counts.indices[lo:hi])
     if strategy is Strategy.CROSS_SELL:
-        keep &= ~np.isin(cats, scope.cart_categories)
+        keep &= ~_isin(cats, scope.cart_categories)
     else:
         anchors = c.anchors
         has = anchors >= 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,13 @@ from xsell.data.contract import EVENT_GRADES, Dataset
 from .ann import AnnIndex, build_index
 from .cooccurrence import ComplementTable, category_complements, copurchase_counts
 from .mf import normalize_rows, train_als
+from .pairs import PairTable, by_value_within_rows
 from .item_neighbours import annoy_neighbours, exact_neighbours
 from .shopper import decayed_vectors, neighbour_scores, repeat_rates, switch_counts, user_category_mean
 from .vocab import Vocabulary
 
 DAY = 86_400
+USER_ITEM_TABLES = ("user_counts", "user_last_day", "user_first_day", "user_decay")
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,37 @@ class Artifacts:
     ann: AnnIndex | None = None
     item_neighbours: np.ndarray | None = None  # int32 (n_items, k) nearest items, best first; -1 pads
     meta: dict = field(default_factory=dict)
-    complement_cache: dict = field(default_factory=dict)  # (category, n) -> top complement categories
+    complement_cache: dict = field(default_factory=dict)  # per-category results (see candidates.py)
+
+    # --- derived lookup structures (built on first use; `warm_lookups` at load) ---
+    @cached_property
+    def copurchase_pairs(self) -> PairTable:
+        return PairTable(self.copurchase)
+
+    @cached_property
+    def switch_pairs(self) -> PairTable:
+        return PairTable(self.switches)
+
+    @cached_property
+    def copurchase_ranked(self) -> np.ndarray:
+        """Each item's co-purchase partners, most co-bought first (rows as in `copurchase.indptr`)."""
+        return by_value_within_rows(self.copurchase)
+
+    @cached_property
+    def user_item_twins(self) -> frozenset[str]:
+        """The (user x item) tables stored with exactly `user_counts`' sparsity pattern (the
+        build writes them so): one search in a shopper's row serves them all."""
+        base = self.user_counts
+        return frozenset(
+            name for name in USER_ITEM_TABLES
+            if np.array_equal(getattr(self, name).indptr, base.indptr)
+            and np.array_equal(getattr(self, name).indices, base.indices)
+        )  # fmt: skip
+
+    def warm_lookups(self) -> None:
+        """Build the derived lookups now, so no request pays for them."""
+        for name in ("copurchase_pairs", "switch_pairs", "copurchase_ranked", "user_item_twins"):
+            getattr(self, name)
 
     # --- storage -------------------------------------------------------------
     ARRAYS = (
@@ -168,6 +201,8 @@ class Artifacts:
                                  f"expected ({len(arts.items)}, k) int32")  # fmt: skip
         if ann_file is not None:
             arts.ann = AnnIndex(out / ann_file, item_factors.shape[1], search_k=search_k, warm=warm)
+        if warm:
+            arts.warm_lookups()
         return arts
 
 

@@ -91,13 +91,21 @@ class _Fuser:
             return Candidates(e, e.copy(), np.empty(0, np.uint8), np.empty(0, np.float32))
         lengths = [len(x) for x in self.lists]
         items = np.concatenate(self.lists).astype(np.int64, copy=False)
-        weights = np.concatenate([_rrf_weights(n) for n in lengths])
-        uniq, first, inverse = np.unique(items, return_index=True, return_inverse=True)
-        score = np.bincount(inverse, weights=weights, minlength=len(uniq))
-        bits = np.zeros(len(uniq), dtype=np.uint8)
-        np.bitwise_or.at(bits, inverse, np.repeat(np.array(self.bits, dtype=np.uint8), lengths))
-        anchors = np.repeat(np.array(self.anchors, dtype=np.int64), lengths)[first]
-        return Candidates(uniq, anchors, bits, score.astype(np.float32))
+        # One stable sort groups each item's entries in the order they were added, so
+        # the first entry of a group is the item's first appearance, and sums run in
+        # the order `np.bincount` would add them.
+        order = np.argsort(items, kind="stable")
+        ranked = items[order]
+        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+        weights = np.concatenate([_rrf_weights(n) for n in lengths])[order]
+        bits = np.repeat(np.array(self.bits, dtype=np.uint8), lengths)[order]
+        anchors = np.repeat(np.array(self.anchors, dtype=np.int64), lengths)
+        return Candidates(
+            ranked[starts],
+            anchors[order[starts]],
+            np.bitwise_or.reduceat(bits, starts),
+            np.add.reduceat(weights.astype(np.float64), starts).astype(np.float32),
+        )
 
 
 def history_items(arts: Artifacts, user: int, k: int) -> np.ndarray:
@@ -122,10 +130,9 @@ def neighbour_items(arts: Artifacts, user: int, k: int) -> np.ndarray:
 
 
 def copurchase_partners(arts: Artifacts, item: int, k: int) -> np.ndarray:
+    """The item's k most co-bought partners, best first (ties: lower index first)."""
     lo, hi = arts.copurchase.indptr[item], arts.copurchase.indptr[item + 1]
-    partners = arts.copurchase.indices[lo:hi]
-    counts = arts.copurchase.data[lo:hi]
-    return partners[np.argsort(-counts, kind="stable")[:k]].astype(np.int64)
+    return arts.copurchase_ranked[lo : min(hi, lo + k)].astype(np.int64)
 
 
 def ann_neighbours(arts: Artifacts, item: int, k: int, cache: dict | None = None, fetch: int = 0) -> np.ndarray:
@@ -161,11 +168,7 @@ def cross_sell_candidates(
     for a in anchors:
         fuse.add(copurchase_partners(arts, a, cfg.copurchase_k // per_anchor + 1), "copurchase", a)
         fuse.add(ann_neighbours(arts, a, cfg.ann_k // per_anchor + 1, cache, cfg.upsell_ann_k), "ann", a)
-        cats = _top_complement_categories(arts, a, cfg.complement_categories)
-        if len(cats):
-            picks = [arts.popular_by_category[c][: cfg.complement_items] for c in cats]
-            # interleave so that the first complement category does not take every top rank
-            fuse.add(_interleave(picks), "complement", a)
+        fuse.add(_complement_picks(arts, a, cfg.complement_categories, cfg.complement_items), "complement", a)
     fuse.add(history_items(arts, user, cfg.history_k), "history")
     fuse.add(taste_items(arts, user, cfg.taste_k), "taste")
     fuse.add(neighbour_items(arts, user, cfg.neighbours_k), "neighbours")
@@ -217,6 +220,20 @@ def _top_complement_categories(arts: Artifacts, item: int, n: int) -> np.ndarray
     top = top[cond[top] > 0]
     arts.complement_cache[key] = top  # depends on the category only; a dict set is atomic
     return top
+
+
+def _complement_picks(arts: Artifacts, item: int, n_categories: int, per_category: int) -> np.ndarray:
+    """The popular items of the anchor category's top complement categories, interleaved
+    so that the first category does not take every top rank. Depends on the category
+    only, so it is computed once per category (read-only, shared by requests)."""
+    key = ("picks", int(arts.item_category[item]), n_categories, per_category)
+    picks = arts.complement_cache.get(key)
+    if picks is None:
+        cats = _top_complement_categories(arts, item, n_categories)
+        picks = _interleave([arts.popular_by_category[c][:per_category] for c in cats])
+        picks.setflags(write=False)
+        arts.complement_cache[key] = picks  # a dict set is atomic
+    return picks
 
 
 def _interleave(lists: list[np.ndarray]) -> np.ndarray:
