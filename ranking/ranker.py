@@ -274,16 +274,21 @@ class Ranker:
         with np.errstate(divide="ignore", invalid="ignore"):
             uplift = np.where(has & (ref > 0), arts.price[items].astype(np.float64) / ref, 0.0)
         anchor_ids = np.where(has, arts.items.ids[anchor_safe], "")
+        columns = zip(
+            arts.items.ids[items].tolist(),
+            np.asarray(scores, dtype=np.float64).tolist(),
+            anchor_ids.tolist(),
+            arts.catalog_price[items].astype(np.float64).tolist(),
+            arts.categories.ids[arts.item_category[items]].tolist(),
+            uplift.tolist(),
+            sources,
+            reasons,
+        )
         return [
             RankedItem(item_id=i, score=sc, strategy=strategy, anchor_item_id=a, price=p, category=cat,
-                       price_uplift=u, sources=src, reasons=rs)  # fmt: skip
-            for i, sc, a, p, cat, u, src, rs in zip(
-                arts.items.ids[items].tolist(), np.asarray(scores, dtype=np.float64).tolist(), anchor_ids.tolist(),
-                arts.catalog_price[items].astype(np.float64).tolist(),
-                arts.categories.ids[arts.item_category[items]].tolist(), uplift.tolist(),
-                sources, reasons,
-            )  # fmt: skip
-        ]
+                       price_uplift=u, sources=src, reasons=rs)
+            for i, sc, a, p, cat, u, src, rs in columns
+        ]  # fmt: skip
 
 
 _NO_CATEGORIES = np.empty(0, np.int32)

