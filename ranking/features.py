@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from xsell.errors import BundleError
 from xsell.retrieval.artifacts import Artifacts
 from xsell.retrieval.candidates import SOURCE_BIT
+from xsell.retrieval.pairs import pair_lookup
 
 F32 = np.float32
 
@@ -86,7 +87,7 @@ class PairBatch:
     @cached_property
     def copurchase(self) -> np.ndarray:
         """Baskets holding both anchor and candidate; 0 without anchor."""
-        return self.arts.copurchase_pairs.lookup(self.anchors, self.items, self.distinct_anchors)
+        return pair_lookup(self.arts.copurchase, self.anchors, self.items, self.distinct_anchors)
 
     @cached_property
     def emb_cos_anchor(self) -> np.ndarray:
@@ -95,7 +96,7 @@ class PairBatch:
 
     @cached_property
     def switches(self) -> np.ndarray:
-        return self.arts.switch_pairs.lookup(self.anchors, self.items, self.distinct_anchors)
+        return pair_lookup(self.arts.switches, self.anchors, self.items, self.distinct_anchors)
 
     @cached_property
     def _user_row(self) -> tuple[np.ndarray, np.ndarray] | None:

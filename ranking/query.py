@@ -11,6 +11,7 @@ import numpy as np
 from xsell.retrieval.artifacts import Artifacts
 from xsell.retrieval.candidates import CandidateConfig, Candidates, cap, cross_sell_candidates, up_sell_candidates
 from xsell.retrieval.cooccurrence import ComplementTable
+from xsell.retrieval.pairs import pair_lookup
 
 from .rules import RequestScope, hard_filter
 from .types import Filters, Strategy
@@ -58,7 +59,7 @@ def best_cross_anchor(arts: Artifacts, items: np.ndarray, anchors: np.ndarray) -
     if len(anchors) == 1:
         return np.full(len(items), anchors[0], dtype=np.int64)
     # (anchors x items); anchors are sorted and distinct
-    copurchase = arts.copurchase_pairs.lookup(anchors[:, None], items[None, :], anchors)
+    copurchase = pair_lookup(arts.copurchase, anchors[:, None], items[None, :], anchors)
     lift = comp.lift[arts.item_category[anchors][:, None], cats[None, :]]
     strength = np.log1p(copurchase) + np.log(np.maximum(lift, 1e-4))
     return anchors[np.argmax(strength, axis=0)]

@@ -23,7 +23,7 @@ from xsell.data.contract import EVENT_GRADES, Dataset
 from .ann import AnnIndex, build_index
 from .cooccurrence import ComplementTable, category_complements, copurchase_counts
 from .mf import normalize_rows, train_als
-from .pairs import PairTable, by_value_within_rows
+from .pairs import by_value_within_rows
 from .item_neighbours import annoy_neighbours, exact_neighbours
 from .shopper import decayed_vectors, neighbour_scores, repeat_rates, switch_counts, user_category_mean
 from .vocab import Vocabulary
@@ -98,14 +98,6 @@ class Artifacts:
 
     # --- derived lookup structures (built on first use; `warm_lookups` at load) ---
     @cached_property
-    def copurchase_pairs(self) -> PairTable:
-        return PairTable(self.copurchase)
-
-    @cached_property
-    def switch_pairs(self) -> PairTable:
-        return PairTable(self.switches)
-
-    @cached_property
     def copurchase_ranked(self) -> np.ndarray:
         """Each item's co-purchase partners, most co-bought first (rows as in `copurchase.indptr`)."""
         return by_value_within_rows(self.copurchase)
@@ -123,7 +115,7 @@ class Artifacts:
 
     def warm_lookups(self) -> None:
         """Build the derived lookups now, so no request pays for them."""
-        for name in ("copurchase_pairs", "switch_pairs", "copurchase_ranked", "user_item_twins"):
+        for name in ("copurchase_ranked", "user_item_twins"):
             getattr(self, name)
 
     # --- storage -------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The request-time lookup structures against the plain computations they replace:
+"""The request-time lookups against the plain computations they replace:
 pair lookups vs dense indexing, partners by value vs a per-row argsort, the one-sort
 fuser vs np.unique + bincount, the small-set membership vs np.isin, and the shared
 shopper-row search vs a lookup per table."""
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from xsell.ranking.features import PairBatch, sparse_lookup
 from xsell.ranking.rules import _isin
 from xsell.retrieval.candidates import SOURCE_BIT, SOURCES, _Fuser, _rrf_weights
-from xsell.retrieval.pairs import PairTable, by_value_within_rows
+from xsell.retrieval.pairs import by_value_within_rows, pair_lookup
 
 
 @st.composite
@@ -36,12 +36,10 @@ def test_pair_lookup_equals_dense_indexing(table, data):
     rows = np.array(data.draw(st.lists(st.integers(-1, n_rows - 1), min_size=n, max_size=n)), dtype=np.int64)
     cols = np.array(data.draw(st.lists(st.integers(0, n_cols - 1), min_size=n, max_size=n)), dtype=np.int64)
     want = np.where(rows >= 0, dense[np.maximum(rows, 0), cols], 0.0).astype(np.float32)
-    pairs = PairTable(m)
-    np.testing.assert_array_equal(pairs.lookup(rows, cols), want)
     distinct = np.unique(rows[rows >= 0])
-    np.testing.assert_array_equal(pairs.lookup(rows, cols, distinct), want)
+    np.testing.assert_array_equal(pair_lookup(m, rows, cols, distinct), want)
     # broadcasting: every distinct row against every column
-    grid = pairs.lookup(distinct[:, None], cols[None, :], distinct)
+    grid = pair_lookup(m, distinct[:, None], cols[None, :], distinct)
     np.testing.assert_array_equal(grid, dense[distinct][:, cols].reshape(grid.shape))
 
 
@@ -49,11 +47,12 @@ def test_pair_lookup_equals_dense_indexing(table, data):
 @given(sparse_tables())
 def test_partners_by_value_equal_a_stable_argsort_per_row(table):
     dense, m = table
-    ranked = by_value_within_rows(m)
-    for r in range(dense.shape[0]):
-        lo, hi = m.indptr[r], m.indptr[r + 1]
-        want = m.indices[lo:hi][np.argsort(-m.data[lo:hi], kind="stable")]
-        np.testing.assert_array_equal(ranked[lo:hi], want)
+    for chunk in (1, 3, 2048):
+        ranked = by_value_within_rows(m, rows_per_chunk=chunk)
+        for r in range(dense.shape[0]):
+            lo, hi = m.indptr[r], m.indptr[r + 1]
+            want = m.indices[lo:hi][np.argsort(-m.data[lo:hi], kind="stable")]
+            np.testing.assert_array_equal(ranked[lo:hi], want)
 
 
 @settings(max_examples=150, deadline=None)
