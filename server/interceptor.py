@@ -140,6 +140,9 @@ class _Waiter:
 _SLOT, _SHED = "slot", "shed"
 
 
+_WAIT_STEP = 60.0  # seconds: the longest single wait for a work slot (see take_slot)
+
+
 class Admission:
     """The in-flight bounds (admitted calls), the work slots (calls running) and the
     queue of calls waiting for a slot.
@@ -348,9 +351,13 @@ class Admission:
             # under overload, refusals queue in the same thread pool ahead of an admitted
             # call's handler: measured, accepted calls then ran 0.6-0.8 s late at p99
             raise self._stale_error()
-        # one blocking wait, no polling: queued threads waking every few ms would fight
-        # the running calls for the GIL. A cancelled caller's call leaves at its deadline.
-        waiter.event.wait(context.time_remaining())
+        # blocking waits, no polling: queued threads waking every few ms would fight the
+        # running calls for the GIL. A cancelled caller's call leaves at its deadline. A
+        # call without a deadline has ~1e10 s remaining, which Event.wait cannot take
+        # (OverflowError: it was answered INTERNAL), hence waits of at most _WAIT_STEP.
+        while not waiter.event.wait(min(context.time_remaining(), _WAIT_STEP)):
+            if context.time_remaining() <= 0:
+                break
         with self._lock:
             if waiter.outcome is None:  # the deadline came first
                 self._queue.remove(waiter)

@@ -321,3 +321,22 @@ def test_time_queued_before_the_handler_ran_counts_as_waiting(overloaded):
         a.take_slot(Context(5), ticket.admitted)
         assert a.running == 1 and a.shed_waiting == 0
     ticket.release()
+
+
+def test_calls_without_a_deadline_wait_for_a_slot_and_are_served(server, known_items):
+    """A call with no deadline (h2load sends none) that has to wait for the one ranking
+    thread is served. gRPC reports ~1e10 s remaining for it, and one wait of that length
+    raised OverflowError: such calls were answered INTERNAL (found by bench_load's h2load
+    cross-check, session 4)."""
+    from xsell.v1 import xsell_pb2 as pb
+
+    from .conftest import good_request, stub_for
+
+    channel, stub = stub_for(server.port)
+    before = server.metrics.sample("xsell_requests_total", {"method": "Recommend", "code": "INTERNAL"})
+    with channel:
+        futures = [stub.Recommend.future(good_request(known_items, k)) for k in range(12)]  # no timeout
+        answers = [f.result(timeout=30) for f in futures]
+    assert all(isinstance(a, pb.RecommendResponse) and a.cross_sell for a in answers)
+    after = server.metrics.sample("xsell_requests_total", {"method": "Recommend", "code": "INTERNAL"})
+    assert after == before
