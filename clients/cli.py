@@ -69,7 +69,15 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--retries", type=int, default=3, help="extra attempts on UNAVAILABLE (default %(default)s)"
     )
-    t = p.add_argument_group("security")
+    add_security_arguments(p)
+    p.set_defaults(func=_run)
+
+
+def add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    """The "security" flags (--tls-ca/--tls-cert/--tls-key/--tls-server-name/--tls and
+    --token), shared by `xsell recommend` and `xsell loadtest`; read them back with
+    `tls_from_args` and `args.token`."""
+    t = parser.add_argument_group("security")
     t.add_argument("--tls-ca", default=None, help="CA certificate (PEM); turns TLS on")
     t.add_argument(
         "--tls-cert", default=None, help="client certificate (PEM) for mTLS; turns TLS on"
@@ -84,7 +92,6 @@ def add_parser(subparsers) -> None:
         default=os.environ.get("XSELL_TOKEN") or None,
         help="bearer token (default $XSELL_TOKEN)",
     )
-    p.set_defaults(func=_run)
 
 
 def _split(value: str) -> list[str]:

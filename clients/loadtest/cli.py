@@ -8,6 +8,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from xsell.clients.cli import add_security_arguments
+
 __all__ = ["add_parser"]
 
 
@@ -53,6 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     p.add_argument("--png", type=Path, default=None, help="write latency plots here")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_security_arguments(p)  # the flags of `xsell recommend`, checked the same way
     p.set_defaults(func=_run)
 
     sub = p.add_subparsers(dest="loadtest_command", metavar="ACTION")
@@ -100,6 +103,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from xsell.clients.cli import tls_from_args
+    from xsell.clients.client import ClientConfigError
+
     from xsell.errors import DataError
 
     from .mix import describe, read_requests
@@ -123,9 +129,13 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         metrics_url=args.metrics_url,
         server_pids=tuple(args.server_pid),
+        tls=tls_from_args(args),  # bad flags or files: exit 2 naming the flag, before any call
+        token=args.token,
     )
     try:
         cfg.validated()
+    except ClientConfigError:
+        raise  # a malformed token: exit 2 with the client's message, as `xsell recommend`
     except ValueError as exc:
         raise SystemExit(f"xsell loadtest: {exc}") from None
     mix = None

@@ -12,6 +12,12 @@ Open loop: calls are sent at scheduled times (Poisson or uniform arrivals) whate
 the server does, and latency is measured from the *scheduled* time, so a server (or a
 client) that falls behind shows up as latency rather than as a lower send rate.
 
+Security: `tls` (a `TlsOptions`, mutual TLS with a client certificate) and `token` (sent
+as `authorization: Bearer ...` with every call) travel to the spawned processes as file
+*paths* and the token string, not file contents: `TlsOptions` is what every Python client
+takes, the paths were checked before the run, and no key material goes through the
+pipes or into the report. Each process reads the files once, when it builds its channels.
+
 Clocks: every process reads CLOCK_MONOTONIC (`time.monotonic`, also the asyncio loop
 clock), which is one clock for the whole host on Linux, so the parent can hand all
 processes one start time.
@@ -23,12 +29,14 @@ import asyncio
 import math
 import multiprocessing as mp
 import multiprocessing.connection
+import re
 import resource
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from xsell.clients.client import TlsOptions, call_metadata
 
 from . import scrape as scrape_mod
 from . import sysinfo
@@ -44,6 +52,19 @@ BACKLOG = "CLIENT_BACKLOG"  # open loop: too many calls outstanding, the call wa
 # worker). 16 keep the split near even.
 OPEN_LOOP_CONNECTIONS = 16
 START_MARGIN_S = 0.5  # between "every process is connected" and the first call
+# gRPC core's words for a TCP connection that was never made (nothing listens yet, no
+# route, no name): worth waiting for. Any other failure came after the connection was
+# made (a TLS handshake refused, a plaintext client at a TLS port) and waiting would not
+# change it. Matched on gRPC 1.85's messages; should they change, such a failure is
+# reported at once, with gRPC's own message, instead of after connect_timeout.
+NOT_CONNECTED = re.compile(
+    r"connection refused|failed to connect to remote host|no route to host|"
+    r"network is unreachable|errors resolving|dns resolution failed|name not found",
+    re.IGNORECASE,
+)
+# Refusals the run counts (the report shows them by code) instead of stopping at the
+# first call: a server that checks tokens answers them, and that is worth measuring too.
+AUTH_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,8 @@ class LoadConfig:
     max_outstanding: int = 10_000  # open loop, per process: beyond it calls count as CLIENT_BACKLOG
     metrics_url: str | None = None  # server's Prometheus endpoint, scraped at window start / end
     server_pids: tuple[int, ...] = ()  # their CPU and RSS (children included) are reported
+    tls: TlsOptions | None = None  # None = plaintext; see the module's "Security"
+    token: str | None = None  # bearer token, sent with every call
 
     def validated(self) -> LoadConfig:
         if self.target not in TARGETS:
@@ -86,6 +109,9 @@ class LoadConfig:
             )
         if self.arrival not in ("poisson", "uniform"):
             raise ValueError(f"arrival must be poisson or uniform, got {self.arrival!r}")
+        if self.tls is not None and not isinstance(self.tls, TlsOptions):
+            raise ValueError(f"tls must be a TlsOptions or None, got {type(self.tls).__name__}")
+        call_metadata(self.token)  # ClientConfigError (a ValueError) for a malformed token
         return self
 
     @property
@@ -180,7 +206,12 @@ async def _client(
     callers = int(share) if closed else 0
     n_conn = cfg.connections or (callers if closed else OPEN_LOOP_CONNECTIONS)
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 16 << 20)]
-    channels = [grpc.aio.insecure_channel(cfg.address, options=options) for _ in range(n_conn)]
+    if cfg.tls is None:
+        channels = [grpc.aio.insecure_channel(cfg.address, options=options) for _ in range(n_conn)]
+    else:
+        creds, tls_options = cfg.tls.credentials(), options + cfg.tls.channel_options()
+        channels = [grpc.aio.secure_channel(cfg.address, creds, tls_options) for _ in range(n_conn)]
+    metadata = call_metadata(cfg.token) or None
     method = HEALTH_METHOD if cfg.target == "health" else RECOMMEND_METHOD
     calls = [ch.unary_unary(method) for ch in channels]  # bytes in, bytes out: no (de)serialiser
     rng = np.random.default_rng([cfg.seed, index])
@@ -191,13 +222,15 @@ async def _client(
 
     # connect every channel, and fail early and clearly if the server is not there
     for ch in channels:
-        try:
-            await asyncio.wait_for(ch.channel_ready(), timeout=cfg.connect_timeout)
-        except asyncio.TimeoutError:
-            raise RuntimeError(f"no gRPC server reachable at {cfg.address} "
-                               f"(waited {cfg.connect_timeout:g} s)") from None  # fmt: skip
+        await _connect(ch, cfg)
     for c in calls:  # one real call each: a wrong method or a refusing server shows here
-        await c(seq[0], timeout=cfg.timeout)
+        try:
+            await c(seq[0], timeout=cfg.timeout, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code().name not in AUTH_CODES:
+                raise RuntimeError(
+                    f"first call {method}: {exc.code().name}: {exc.details()}"
+                ) from None
     conn.send(("ready", index))
     start = conn.recv()  # the parent's common start time (CLOCK_MONOTONIC)
     w0, w1 = start + cfg.warmup, start + cfg.warmup + cfg.duration
@@ -214,7 +247,7 @@ async def _client(
     async def one(call, body: bytes, sched: float) -> None:
         sent = loop.time()
         try:
-            response = await call(body, timeout=cfg.timeout)
+            response = await call(body, timeout=cfg.timeout, metadata=metadata)
             done = loop.time()
             check(response)
             rec.add(sched, sent, done, "OK")
@@ -246,6 +279,63 @@ async def _client(
         np.array(rec.sched), np.array(rec.sent), np.array(rec.done), np.array(rec.code, dtype=np.int16),
         names, cpu, dict(check.counts),
     )  # fmt: skip
+
+
+async def _connect(channel, cfg: LoadConfig) -> None:
+    """Wait until `channel` is connected (TLS handshake included), or raise RuntimeError
+    saying why not. A TCP connection not made (NOT_CONNECTED) is tried again until
+    `connect_timeout`, as the server may be starting; any other failure is raised at once
+    with gRPC's reason: gRPC itself would retry a refused handshake forever, silently."""
+    import grpc
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cfg.connect_timeout
+    reason = ""
+    state = channel.get_state(try_to_connect=True)
+    while state != grpc.ChannelConnectivity.READY:
+        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            reason = await _failure_reason(channel, min(5.0, cfg.connect_timeout)) or reason
+            if reason and not NOT_CONNECTED.search(reason):
+                raise RuntimeError(f"cannot connect to {cfg.address}: {reason}{_hint(cfg, reason)}")
+        left = deadline - loop.time()
+        try:
+            await asyncio.wait_for(channel.wait_for_state_change(state), max(left, 0.0))
+        except asyncio.TimeoutError:
+            last = f"; last error: {reason}" if reason else ""
+            raise RuntimeError(f"no gRPC server reachable at {cfg.address} "
+                               f"(waited {cfg.connect_timeout:g} s{last})") from None  # fmt: skip
+        state = channel.get_state(try_to_connect=True)
+
+
+async def _failure_reason(channel, timeout: float) -> str:
+    """Why a channel in TRANSIENT_FAILURE could not connect: gRPC tells only a call, and
+    a call that does not wait for the channel to be ready fails at once with the reason.
+    "" when the channel connected meanwhile (any answer but UNAVAILABLE) or no word came."""
+    import grpc
+
+    try:
+        await channel.unary_unary(HEALTH_METHOD)(health_body(), timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            return re.sub(
+                r"^failed to connect to all addresses; last error: ", "", exc.details() or ""
+            )
+    return ""
+
+
+def _hint(cfg: LoadConfig, reason: str) -> str:
+    """What to try; the plaintext and mTLS hints in the words of the Node and Go clients.
+    With TLS 1.3 a refused client certificate shows only as a closed connection ("Socket
+    closed"): the server checks it after the client has finished its handshake."""
+    if cfg.tls is None:
+        return " (plaintext channel: if the server uses TLS, give --tls-ca or --tls)"
+    if cfg.tls.server_name is None and "hostname" in reason.lower():
+        return " (if the server's certificate names another host, give --tls-server-name)"
+    if cfg.tls.client_cert is None:
+        return " (if the server requires mutual TLS, give --tls-cert and --tls-key)"
+    if "closed" in reason.lower():
+        return " (does the server trust the CA that signed the client certificate?)"
+    return ""
 
 
 # ------------------------------------------------------------------ the two drivers
@@ -331,7 +421,13 @@ class RawRun:
     scrape_error: str = ""
 
     def config_dict(self) -> dict:
-        return asdict(self.config)
+        """The configuration for the report, a file to share: TLS file paths, but never
+        the bearer token."""
+        out = asdict(self.config)
+        if self.config.tls is not None:
+            out["tls"] = {k: None if v is None else str(v) for k, v in out["tls"].items()}
+        out["token"] = "(given)" if self.config.token else None
+        return out
 
 
 ProgressFn = Callable[
@@ -349,6 +445,8 @@ def run_load(cfg: LoadConfig, bodies: list[bytes], *, progress: ProgressFn | Non
     cfg = cfg.validated()
     if not bodies:
         raise ValueError("no request to send")
+    if cfg.tls is not None:
+        cfg.tls.credentials()  # an unreadable file: ClientConfigError now, not in every process
     ctx = mp.get_context("spawn")  # gRPC core state does not survive fork
     shares = (
         [float(c) for c in split_count(cfg.concurrency, cfg.procs)]
