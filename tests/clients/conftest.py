@@ -6,7 +6,9 @@ tests/conftest.py)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -140,3 +142,19 @@ def secure_server(ranker, bundle_root, pki, auth_tokens):
 @pytest.fixture(scope="module")
 def secure_address(secure_server) -> str:
     return f"127.0.0.1:{secure_server.port}"
+
+
+# A GetModelInfo access-log line and the pid of the worker that answered it.
+ACCESS = re.compile(r'\{"method": "GetModelInfo", "code": "OK", [^}]*"pid": (?P<pid>\d+)')
+
+
+def answered(proc, seen_before: int, calls: int) -> set[int]:
+    """Pids of the workers of `xsell serve` process `proc` that logged the `calls`
+    GetModelInfo calls after the first `seen_before` ones (waits for the lines: workers
+    write their log asynchronously)."""
+    deadline = time.monotonic() + 10
+    while True:
+        pids = [int(m["pid"]) for m in ACCESS.finditer(proc.log())]
+        if len(pids) >= seen_before + calls or time.monotonic() > deadline:
+            return set(pids[seen_before : seen_before + calls])
+        time.sleep(0.05)

@@ -6,25 +6,13 @@ SO_REUSEPORT). A real server subprocess; which worker answered is read from its 
 from __future__ import annotations
 
 import asyncio
-import re
-import time
 
 from xsell.clients import AsyncXsellClient, XsellClient
 
-ACCESS = re.compile(r'\{"method": "GetModelInfo", "code": "OK", [^}]*"pid": (?P<pid>\d+)')
+from .conftest import answered
+
 # 16 connections all given to one of 2 workers: odds 2 / 2**16
 CONNECTIONS, CALLS = 16, 32
-
-
-def answered(proc, seen_before: int, calls: int) -> set[int]:
-    """Pids of the workers that logged the `calls` GetModelInfo calls after the first
-    `seen_before` ones (waits for the lines: workers write their log asynchronously)."""
-    deadline = time.monotonic() + 10
-    while True:
-        pids = [int(m["pid"]) for m in ACCESS.finditer(proc.log())]
-        if len(pids) >= seen_before + calls or time.monotonic() > deadline:
-            return set(pids[seen_before : seen_before + calls])
-        time.sleep(0.05)
 
 
 def test_calls_rotate_over_connections_and_reach_every_worker(serve_cli, bundle_dir):

@@ -13,18 +13,17 @@ failed instead when XSELL_REQUIRE_TOOLCHAINS=1 (CI), as test_cross_language.py.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from .conftest import answered
+
 ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = ROOT / "clients" / "node"
 CLIENT_JS = NODE_DIR / "client.js"
-ACCESS = re.compile(r'\{"method": "GetModelInfo", "code": "OK", [^}]*"pid": (?P<pid>\d+)')
 # 16 connections all given to one of 2 workers: odds 2 / 2**16
 CONNECTIONS, CALLS = 16, 32
 MAX_CONNECTIONS = 64
@@ -128,17 +127,6 @@ def run_node(node: str, script: Path, *args: str) -> dict:
     )
     assert proc.returncode == 0, f"{script.name} {' '.join(args)} failed:\n{proc.stderr}"
     return json.loads(proc.stdout)
-
-
-def answered(proc, seen_before: int, calls: int) -> set[int]:
-    """Pids of the workers that logged the `calls` GetModelInfo calls after the first
-    `seen_before` ones (waits for the lines: workers write their log asynchronously)."""
-    deadline = time.monotonic() + 10
-    while True:
-        pids = [int(m["pid"]) for m in ACCESS.finditer(proc.log())]
-        if len(pids) >= seen_before + calls or time.monotonic() > deadline:
-            return set(pids[seen_before : seen_before + calls])
-        time.sleep(0.05)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="counts connections in /proc/net/tcp")
