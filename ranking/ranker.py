@@ -258,9 +258,9 @@ class Ranker:
             seen.add(item_id)
             taken_per_cat[cat] = taken_per_cat.get(cat, 0) + 1
             added.append(i)
-        filled = self._items(c.items[added], floor - 1.0 - np.arange(len(added)) * 1e-3, strategy, c.anchors[added],
-                             [("popular",)] * len(added), [()] * len(added))  # fmt: skip
-        return items + filled, len(added)
+        popular = self._items(c.items[added], floor - 1.0 - np.arange(len(added)) * 1e-3, strategy, c.anchors[added],
+                              [("popular",)] * len(added), [()] * len(added))  # fmt: skip
+        return items + popular, len(added)
 
     def _items(self, items, scores, strategy, anchors, sources, reasons) -> list[RankedItem]:
         """RankedItems for index arrays (gathered per column: a handful of numpy calls per
