@@ -10,6 +10,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from xsell.cli import positive_int
 from xsell.errors import DataError
 
 
@@ -36,7 +37,10 @@ def add_parser(sub) -> None:
     p.add_argument("--until", type=_timestamp, help="train on events before this time (ISO-8601 or epoch s)")
     p.add_argument("--strict", action="store_true", help="any dropped input row is an error")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
-    p.add_argument("--label-days", type=int, default=28, help="days at the end that label the ranker's queries")
+    p.add_argument("--label-days", type=positive_int, default=28, help="days at the end that label the ranker's queries")
+    p.add_argument("--label-windows", type=positive_int, default=None,
+                   help="consecutive label windows of --label-days, latest first, each with the history before it "
+                        "(default 2; a window with nothing before it is skipped)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train)
 
@@ -64,6 +68,8 @@ def _train(args) -> int:
     print(f"[{time.perf_counter() - t0:6.1f}s] loaded {len(data.events):,} events, {len(data.catalog):,} items"
           + (f" ({dropped:,} rows dropped: see cleaning_report.json in the bundle)" if dropped else ""))  # fmt: skip
     cfg = replace(TrainConfig(), label_days=args.label_days, seed=args.seed)
+    if args.label_windows is not None:
+        cfg = replace(cfg, label_windows=args.label_windows)
     out = train_bundle(data, args.out, cfg, until=args.until, overwrite=args.overwrite)
     size = sum(p.stat().st_size for p in out.iterdir())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -39,7 +39,11 @@ class TrainConfig:
     """Everything `xsell train` can be told. Defaults suit shops of very different sizes."""
 
     label_days: int = 28  # the last N days of training data label the ranker's queries
-    max_queries: int = 12_000  # per strategy; sampled with `seed`
+    # Label windows of `label_days`, latest first, each with the history before it: more
+    # query groups, and from more than one season, so the ranker does not learn one
+    # window's mood (a holiday rush) as the rule. `label_windows` says which are kept.
+    label_windows: int = 2
+    max_queries: int = 12_000  # per strategy and label window; sampled with `seed`
     anchors_per_basket: int = 2  # cross-sell queries drawn from one basket
     upsell_min_uplift: float = 1.15  # a later purchase this much pricier counts as an accepted up-sell
     valid_fraction: float = 0.15  # shoppers held out for early stopping
@@ -69,7 +73,8 @@ def data_fingerprint(data: Dataset) -> str:
 class _Queries:
     """Accumulates query groups: feature rows, graded labels, group sizes, shopper ids."""
 
-    def __init__(self, n_features: int, max_negatives: int, seed: int) -> None:
+    def __init__(self, features, max_negatives: int, seed: int) -> None:
+        self.features = features  # the feature table's entries, in the bundle's order
         self.max_negatives = max_negatives
         self.rng = np.random.default_rng(seed)
         self.x: list[np.ndarray] = []
@@ -78,7 +83,7 @@ class _Queries:
         self.users: list[str] = []
         self.positives = 0  # relevant items of all queries
         self.reached = 0  # ... that retrieval put in front of the ranker
-        self.n_features = n_features
+        self.n_features = len(features)
 
     def add(self, x: np.ndarray, y: np.ndarray, retrieval_score: np.ndarray, user_id: str, n_relevant: int) -> None:
         self.positives += n_relevant
@@ -117,8 +122,7 @@ class _Queries:
         return parts
 
 
-def _cross_sell_queries(arts: Artifacts, window: pd.DataFrame, cfg: TrainConfig, features, rng) -> _Queries:
-    q = _Queries(len(features), cfg.max_negatives, cfg.seed)
+def _cross_sell_queries(arts: Artifacts, window: pd.DataFrame, cfg: TrainConfig, rng, q: _Queries) -> None:
     w = window.assign(item=arts.items.encode(window["item_id"].to_numpy()))
     w = w[w["item"] >= 0]
     w = w.assign(grade=w["event_type"].map(EVENT_GRADES), cat=arts.item_category[w["item"].to_numpy()])
@@ -158,13 +162,11 @@ def _cross_sell_queries(arts: Artifacts, window: pd.DataFrame, cfg: TrainConfig,
         pos_c = np.minimum(pos, len(c) - 1)
         hit = c.items[pos_c] == rel_items
         y[pos_c[hit]] = rel_grades[hit]
-        x = feature_matrix(PairBatch(arts, c.items, c.anchors, user, c.sources, c.score, 1), features)
+        x = feature_matrix(PairBatch(arts, c.items, c.anchors, user, c.sources, c.score, 1), q.features)
         q.add(x, y, c.score, row.user_id, n_rel)
-    return q
 
 
-def _up_sell_queries(arts: Artifacts, history: pd.DataFrame, window: pd.DataFrame, cfg: TrainConfig, features) -> _Queries:
-    q = _Queries(len(features), cfg.max_negatives, cfg.seed)
+def _up_sell_queries(arts: Artifacts, history: pd.DataFrame, window: pd.DataFrame, cfg: TrainConfig, q: _Queries) -> None:
     hist = history[history["event_type"] == "purchase"]
     hist = hist.assign(item=arts.items.encode(hist["item_id"].to_numpy()))
     hist = hist[hist["item"] >= 0]
@@ -189,9 +191,19 @@ def _up_sell_queries(arts: Artifacts, history: pd.DataFrame, window: pd.DataFram
             q.positives += len(g)
             continue
         y = np.isin(c.items, g["item"].to_numpy()).astype(np.float64) * EVENT_GRADES["purchase"]
-        x = feature_matrix(PairBatch(arts, c.items, c.anchors, user, c.sources, c.score, 1), features)
+        x = feature_matrix(PairBatch(arts, c.items, c.anchors, user, c.sources, c.score, 1), q.features)
         q.add(x, y, c.score, user_id, len(g))
-    return q
+
+
+def label_windows(timestamps: np.ndarray, label_days: int, count: int) -> list[int]:
+    """Start (epoch s, a day boundary) of up to `count` consecutive label windows of
+    `label_days` calendar days ending with the last day of `timestamps`, latest first.
+    The latest needs some history before it; an earlier one at least `label_days` days
+    of it, so its statistics are on a scale like the latest window's."""
+    end_day = (int(timestamps.max()) // DAY) + 1  # the day after the last one
+    first = int(timestamps.min())
+    starts = [(end_day - (k + 1) * label_days) * DAY for k in range(count)]
+    return [s for k, s in enumerate(starts) if first < s and (k == 0 or first <= s - label_days * DAY)]
 
 
 def train_bundle(
@@ -221,29 +233,40 @@ def train_bundle(
         raise ValueError("no events to train on" + (f" before {until}" if until else ""))
     data = Dataset(events, data.catalog, data.users, data.report)
     end = int(events["timestamp"].max()) + 1
-    # the label window is the last `label_days` calendar days, the last day included
-    label_start = ((end - 1) // DAY + 1 - cfg.label_days) * DAY
-    history = events[events["timestamp"].to_numpy() < label_start]
-    window = events[events["timestamp"].to_numpy() >= label_start]
-    if history.empty or window.empty:
+    ts = events["timestamp"].to_numpy()
+    starts = label_windows(ts, cfg.label_days, cfg.label_windows)
+    if not starts:
         raise ValueError(f"need events both before and within the last {cfg.label_days} days to train the ranker")
+    label_start = starts[0]
     names = feature_names(cfg.disabled_feature_groups)
     features = check_feature_names(names)
     rng = np.random.default_rng(cfg.seed)
-    log(f"training on {len(events):,} events: history {len(history):,}, label window {len(window):,} "
-        f"(last {cfg.label_days} days), {len(names)} features")  # fmt: skip
+    log(f"training on {len(events):,} events: {len(starts)} label window(s) of {cfg.label_days} days, "
+        f"{len(names)} features")  # fmt: skip
 
     t = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="xsell-hist-") as tmp:
-        hist_arts = build_artifacts(
-            Dataset(history, data.catalog, data.users, data.report), until=label_start,
-            config=cfg.retrieval, ann_path=Path(tmp) / "ann.idx", log=log,
-        )  # fmt: skip
-        t = stage("history artifacts", t)
-        cross = _cross_sell_queries(hist_arts, window, cfg, features, rng)
-        up = _up_sell_queries(hist_arts, history, window, cfg, features)
-        hist_arts.ann.unload()
-    t = stage("query groups", t)
+    cross = _Queries(features, cfg.max_negatives, cfg.seed)
+    up = _Queries(features, cfg.max_negatives, cfg.seed)
+    per_window = []  # what each label window gave, for the manifest
+    for k, start in enumerate(starts):
+        history = events[ts < start]
+        window = events[(ts >= start) & (ts < start + cfg.label_days * DAY)]
+        log(f"label window {k + 1}: {len(window):,} events, history {len(history):,} events")
+        with tempfile.TemporaryDirectory(prefix="xsell-hist-") as tmp:
+            hist_arts = build_artifacts(
+                Dataset(history, data.catalog, data.users, data.report), until=start,
+                config=cfg.retrieval, ann_path=Path(tmp) / "ann.idx", log=log,
+            )  # fmt: skip
+            t = stage(f"history artifacts {k + 1}", t)
+            n_cross, n_up = len(cross.groups), len(up.groups)
+            _cross_sell_queries(hist_arts, window, cfg, rng, cross)
+            _up_sell_queries(hist_arts, history, window, cfg, up)
+            hist_arts.ann.unload()
+        t = stage(f"query groups {k + 1}", t)
+        per_window.append({"start": start, "events": len(window), "history_events": len(history),
+                           "cross_sell_queries": len(cross.groups) - n_cross, "up_sell_queries": len(up.groups) - n_up})
+        log(f"  cross-sell: {per_window[-1]['cross_sell_queries']:,} queries, "
+            f"up-sell: {per_window[-1]['up_sell_queries']:,} queries")
     log(f"  cross-sell: {len(cross.groups):,} queries, candidate recall {cross.reached / max(cross.positives, 1):.3f}")
     log(f"  up-sell:    {len(up.groups):,} queries, candidate recall {up.reached / max(up.positives, 1):.3f}")
 
@@ -283,7 +306,7 @@ def train_bundle(
             "metrics": metrics,
             "num_items": len(arts.items), "num_users": len(arts.users),
             "data": {"events": len(events), "first_timestamp": int(events["timestamp"].min()), "end_timestamp": end,
-                     "label_start": label_start},
+                     "label_start": label_start, "label_windows": per_window},
             "stage_seconds": stages,
             "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("retrieval", "candidates", "model")},
             "retrieval_config": asdict(cfg.retrieval),

@@ -5,14 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xsell.cli import positive_int
+
 __all__ = ["add_parser"]
-
-
-def _positive(value: str) -> int:
-    n = int(value)
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return n
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,11 +20,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--catalog", required=True, type=Path, help="catalog table (CSV or Parquet)")
     p.add_argument("--users", type=Path, default=None, help="optional users table")
     p.add_argument(
-        "--test-days", type=_positive, default=28, help="last N days = test period (default 28)"
+        "--test-days", type=positive_int, default=28, help="last N days = test period (default 28)"
     )
-    p.add_argument("--valid-days", type=_positive, default=28,
+    p.add_argument("--valid-days", type=positive_int, default=28,
                    help="the N days before the test period: validation window for tuning (default 28)")  # fmt: skip
-    p.add_argument("--max-queries", type=_positive, default=20_000, help="per task (default 20000)")
+    p.add_argument("--max-queries", type=positive_int, default=20_000, help="per task (default 20000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--no-ablations", action="store_true", help="skip the ablations (2 fewer bundles to train)"
@@ -40,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--workers",
-        type=_positive,
+        type=positive_int,
         default=1,
         help="processes answering the model's requests (default 1)",
     )
