@@ -3,9 +3,16 @@ reference baseline numbers (issue 3, "What we measured").
 
     xsell data tafeng --out DATA_DIR
     python benchmarks/bench_quality.py --data DATA_DIR --out REPORT_DIR [--no-model] [--no-ablations]
+        [--label-days N] [--label-windows N] [--anchors-per-basket N] [--before-test] [--compare DIR]
 
 Writes REPORT_DIR/report.{md,json,png} and prints a table: each reference figure, ours with
 its 95% interval, and whether the reference falls inside the interval.
+
+Trainer settings to compare (`--label-days`, `--label-windows`, `--anchors-per-basket`)
+are best chosen without the test period: `--before-test` drops the last `--test-days`
+days of events first, so the evaluation's test period is the full data's validation
+window and the real test period is never read. `--compare DIR` prints the paired
+per-query NDCG@10 difference of the model to an earlier report on the same queries.
 """
 
 from __future__ import annotations
@@ -16,8 +23,14 @@ import platform
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from xsell.data.contract import Dataset
 from xsell.data.loaders import load_dataset
+from xsell.evaluation.metrics import paired_difference
 from xsell.evaluation.runner import RESTRICTED, evaluate
+from xsell.ranking.train import TrainConfig
+from xsell.retrieval.artifacts import DAY
 
 # (view, method label in the report, metric) -> the issue's reference value
 REFERENCE = {
@@ -57,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="processes querying the model"
     )
+    ap.add_argument("--test-days", type=int, default=28)
+    ap.add_argument("--label-days", type=int, default=None, help="TrainConfig.label_days (default: --test-days)")
+    ap.add_argument("--label-windows", type=int, default=TrainConfig.label_windows)
+    ap.add_argument("--anchors-per-basket", type=int, default=TrainConfig.anchors_per_basket)
+    ap.add_argument("--before-test", action="store_true",
+                    help="evaluate on the events before the last --test-days days (the test period is never read)")
+    ap.add_argument("--compare", type=Path, help="an earlier report directory on the same queries")
     args = ap.parse_args(argv)
     paths = {name: getattr(args, name) for name in ("events", "catalog", "users")}
     if args.data:
@@ -70,9 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# bench_quality: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}", flush=True)  # fmt: skip
     dataset = load_dataset(paths["events"], paths["catalog"], paths["users"])
+    if args.before_test:
+        ts = dataset.events["timestamp"].to_numpy()
+        cut = (int(ts.max()) // DAY + 1 - args.test_days) * DAY
+        dataset = Dataset(dataset.events[ts < cut], dataset.catalog, dataset.users, dataset.report)
+        print(f"--before-test: {int((ts < cut).sum()):,} events before day {cut // DAY} (the test period is not read)")
+    config = TrainConfig(
+        seed=args.seed, label_days=args.label_days or args.test_days, label_windows=args.label_windows,
+        anchors_per_basket=args.anchors_per_basket,
+    )  # fmt: skip
     report = evaluate(
-        dataset, args.out, max_queries=args.max_queries, seed=args.seed,
-        model=not args.no_model, ablations=not args.no_ablations,
+        dataset, args.out, test_days=args.test_days, valid_days=args.test_days, max_queries=args.max_queries,
+        seed=args.seed, config=config, model=not args.no_model, ablations=not args.no_ablations,
+        workers=args.workers,
     )  # fmt: skip
 
     print()
@@ -98,7 +128,22 @@ def main(argv: list[str] | None = None) -> int:
     for name, t in report.get("targets", {}).items():
         print(f"target {'met' if t['met'] else 'NOT met'}: {name}")
     print(f"timings: {report['timings']}")
+    if args.compare:
+        _compare(args.compare, args.out)
     return 0
+
+
+def _compare(before: Path, after: Path) -> None:
+    """Paired NDCG@10 difference of the model, per view, between two reports' queries."""
+    a, b = np.load(before / "per_query_ndcg.npz"), np.load(after / "per_query_ndcg.npz")
+    print(f"\nmodel NDCG@10, {after} minus {before} (paired, same queries):")
+    for view in ("cross_sell", "cross_sell_new", "up_sell"):
+        key = f"{view}/model/ndcg"
+        if key not in a.files or key not in b.files or len(a[key]) != len(b[key]):
+            print(f"  {view}: not comparable (no model or different queries)")
+            continue
+        d = paired_difference(b[key], a[key])
+        print(f"  {view}: {a[key].mean():.4f} -> {b[key].mean():.4f}, {d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]")
 
 
 if __name__ == "__main__":
