@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--label-days", type=positive_int, default=28, help="days at the end that label the ranker's queries")
     p.add_argument("--label-windows", type=positive_int, default=None,
                    help="consecutive label windows of --label-days, latest first, each with the history before it "
-                        "(default 2; a window with nothing before it is skipped)")
+                        "(default 2; an earlier window needs --label-days of history before it, else it is skipped)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train)
 

@@ -283,9 +283,8 @@ def train_bundle(
     groups = {Strategy.CROSS_SELL: cross, Strategy.UP_SELL: up}
     for strategy, q in groups.items():
         if len(q.groups) < 10:
-            raise ValueError(f"only {len(q.groups)} usable {strategy.value} queries in the label window: "
+            raise ValueError(f"only {len(q.groups)} usable {strategy.value} queries in the label windows: "
                              "too little data (or label_days too short) to train the ranker")  # fmt: skip
-    del cross, up
 
     fingerprint = data_fingerprint(data)
     metrics: dict = {}
@@ -294,7 +293,7 @@ def train_bundle(
     # takes about as long as the cross-sell booster alone. One LightGBM thread each:
     # deterministic, and the same models as training them one after the other.
     with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="lambdarank") as pool:
-        fits = {s: pool.submit(_fit_ranker, s, groups.pop(s), cfg, names) for s in list(groups)}
+        fits = {s: pool.submit(_fit_ranker, s, q, cfg, names) for s, q in groups.items()}
         with atomic_bundle_dir(Path(out_dir), overwrite=overwrite) as tmp:
             arts = build_artifacts(data, until=end, config=cfg.retrieval, ann_path=tmp / "ann.idx", log=log)
             arts.ann.unload()
