@@ -30,7 +30,7 @@ from xsell.retrieval.candidates import CandidateConfig
 
 from .bundle import COMPILED_FILES, MODEL_FILES, atomic_bundle_dir, new_version, write_manifest
 from .features import PairBatch, check_feature_names, feature_matrix, feature_names
-from .model import ModelConfig, train_lambdarank
+from .model import ModelConfig, lambdarank_datasets, train_lambdarank
 from .query import NO_FILTERS, retrieve, scope_for
 from .types import Strategy
 
@@ -332,7 +332,9 @@ def _fit_ranker(strategy: Strategy, q: _Queries, cfg: TrainConfig, names: list[s
     """One LambdaRank booster on a strategy's query groups: (booster, best iteration,
     manifest metrics). Consumes the groups' rows."""
     (xt, yt, gt), (xv, yv, gv) = q.split(cfg.valid_fraction, cfg.seed)
-    booster, info = train_lambdarank(xt, yt, gt, xv, yv, gv, names, cfg.model)
+    train, valid = lambdarank_datasets(xt, yt, gt, xv, yv, gv, names, cfg.model)
+    del xt, xv  # the datasets hold binned copies: the float rows go before the boosting
+    booster, info = train_lambdarank(train, valid, cfg.model)
     key = strategy.value
     metrics = {
         f"{key}_valid_ndcg@10": info["valid_ndcg@10"], f"{key}_best_iteration": info["best_iteration"],
