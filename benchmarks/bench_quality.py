@@ -29,8 +29,8 @@ from xsell.data.contract import Dataset
 from xsell.data.loaders import load_dataset
 from xsell.evaluation.metrics import paired_difference
 from xsell.evaluation.runner import RESTRICTED, evaluate
+from xsell.evaluation.split import time_split
 from xsell.ranking.train import TrainConfig
-from xsell.retrieval.artifacts import DAY
 
 # (view, method label in the report, metric) -> the reference value
 REFERENCE = {
@@ -91,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
           f"python {platform.python_version()}", flush=True)  # fmt: skip
     dataset = load_dataset(paths["events"], paths["catalog"], paths["users"])
     if args.before_test:
-        ts = dataset.events["timestamp"].to_numpy()
-        cut = (int(ts.max()) // DAY + 1 - args.test_days) * DAY
-        dataset = Dataset(dataset.events[ts < cut], dataset.catalog, dataset.users, dataset.report)
-        print(f"--before-test: {int((ts < cut).sum()):,} events before day {cut // DAY} (the test period is not read)")
+        # the evaluator's own split, so "before the test period" means what it means there
+        split = time_split(dataset.events, test_days=args.test_days, valid_days=args.test_days)
+        dataset = Dataset(split.train, dataset.catalog, dataset.users, dataset.report)
+        print(f"--before-test: {len(split.train):,} events up to {split.summary()['test_start']} "
+              "(the test period is not read)")  # fmt: skip
     config = TrainConfig(
         seed=args.seed, label_days=args.label_days or args.test_days, label_windows=args.label_windows,
         anchors_per_basket=args.anchors_per_basket,
