@@ -18,7 +18,8 @@ small machine the gRPC figures are a lower bound (client CPU is reported).
 
 Usage:
     python benchmarks/bench_load.py --bundle DIR --requests FILE [--runs 3]
-        [--seconds 15] [--open-seconds 60] [--skip-h2load] [--skip-closed --open-rate R] [--json OUT]
+        [--seconds 15] [--open-seconds 60] [--skip-h2load] [--skip-closed --open-rate R]
+        [--server-arg=--cpu-policy=normal ...] [--json OUT]
 """
 
 from __future__ import annotations
@@ -47,10 +48,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, bundle: str, workers: int = 2, python: str = sys.executable):
+    def __init__(self, bundle: str, workers: int = 2, python: str = sys.executable,
+                 extra: list[str] | None = None):  # fmt: skip
         self.metrics_port = free_port()
         cmd = [python, "-m", "xsell.cli", "serve", "--bundle", bundle, "--port", "0", "--workers",
-               str(workers), "--metrics-port", str(self.metrics_port), "--no-access-log"]  # fmt: skip
+               str(workers), "--metrics-port", str(self.metrics_port), "--no-access-log",
+               *(extra or [])]  # fmt: skip
         self.log = (
             Path(os.environ.get("TMPDIR", "/tmp")) / f"xsell-bench-load-serve-{os.getpid()}.log"
         )
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--server-python", default=sys.executable,
                    help="python that runs `xsell serve` (e.g. a venv holding another checkout)")  # fmt: skip
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="one more `xsell serve` argument, e.g. --server-arg=--cpu-policy=normal")  # fmt: skip
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.skip_closed and not args.open_rate and not args.skip_open:
@@ -215,12 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     reqs = read_requests(args.requests)
     bodies = encode_requests(reqs)
     mix = {"file": str(args.requests), **describe(reqs)}
-    server = Server(args.bundle, python=args.server_python)
+    server = Server(args.bundle, python=args.server_python, extra=args.server_arg)
     out: dict = {
         "host": host(),
         "mix": mix,
         "bundle": args.bundle,
         "server_python": args.server_python,
+        "server_args": args.server_arg,
         "closed": {"recommend": [], "health": []},
     }
     try:

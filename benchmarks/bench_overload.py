@@ -89,9 +89,10 @@ class Server:
 
 
 def start_server(bundle: str, *, workers: int, threads: int | None, max_in_flight: int | None,
-                 cpus: set[int] | None, log_path: Path) -> Server:  # fmt: skip
+                 cpus: set[int] | None, log_path: Path, extra: tuple[str, ...] = ()) -> Server:  # fmt: skip
+    """`xsell serve` on a free port (`extra`: more flags), pinned to `cpus`, once ready."""
     cmd = [sys.executable, "-m", "xsell.cli", "serve", "--bundle", bundle, "--port", "0",
-           "--workers", str(workers), "--no-access-log"]  # fmt: skip
+           "--workers", str(workers), "--no-access-log", *extra]  # fmt: skip
     if threads is not None:
         cmd += ["--threads", str(threads)]
     if max_in_flight is not None:
@@ -316,9 +317,10 @@ def run(args) -> dict:
         os.sched_setaffinity(0, {cpus[-1]})  # the generator
     log_path = Path(args.log)
     server = start_server(args.bundle, workers=args.workers, threads=args.threads,
-                          max_in_flight=args.max_in_flight, cpus=server_cpus, log_path=log_path)  # fmt: skip
+                          max_in_flight=args.max_in_flight, cpus=server_cpus, log_path=log_path,
+                          extra=("--cpu-policy", args.cpu_policy))  # fmt: skip
     payloads = make_requests(args.bundle, path=args.requests)
-    out: dict = {"requests": args.requests, "workers": args.workers, "threads": args.threads, "max_in_flight": args.max_in_flight,
+    out: dict = {"requests": args.requests, "workers": args.workers, "threads": args.threads, "max_in_flight": args.max_in_flight, "cpu_policy": args.cpu_policy,
                  "factor": args.factor, "seconds": args.seconds, "deadline_s": DEADLINE,
                  "pinned": split}  # fmt: skip
     try:
@@ -458,6 +460,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="default: the server's")
     p.add_argument("--max-in-flight", type=int, default=None)
+    p.add_argument("--cpu-policy", choices=("batch", "normal"), default="batch",
+                   help="the server's --cpu-policy")  # fmt: skip
     p.add_argument("--callers", type=int, default=16, help="closed-loop callers measuring capacity")
     p.add_argument(
         "--channels", type=int, default=16, help="connections of the overload's open loop"

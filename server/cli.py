@@ -64,6 +64,14 @@ def add_parser(subparsers) -> None:
         "--no-access-log", dest="access_log", action="store_false", help="no JSON line per call"
     )
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin workers to cores")
+    p.add_argument(
+        "--cpu-policy",
+        choices=("batch", "normal"),
+        default="batch",
+        help="Linux scheduling policy of the serving processes: batch (SCHED_BATCH: a woken "
+        "thread does not preempt the ranking one; see server/README.md) or normal "
+        "(default %(default)s)",
+    )
     sec = p.add_argument_group("security (see server/README.md)")
     sec.add_argument(
         "--tls-cert", default=None, help="PEM certificate (chain) of the server: serve TLS"
@@ -107,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
         drain_delay=args.drain_delay,
         access_log=args.access_log,
         pin=args.pin,
+        cpu_policy=args.cpu_policy,
         log_level=logging.getLogger().getEffectiveLevel(),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -41,8 +41,10 @@ def run(args) -> int:
         print(f"== reusing the bundle in {bundle} (--retrain to train again)")
 
     from xsell.server.app import configure_access_log, create_server, run_until_signalled
+    from xsell.server.workers import apply_cpu_policy
 
     configure_access_log(False)
+    apply_cpu_policy("batch")  # as `xsell serve` does; training is done by now
     server, port = create_server(bundle, host=args.host, port=args.port, access_log=False)
     server.start()
     address = f"{args.host}:{port}"

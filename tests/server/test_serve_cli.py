@@ -40,6 +40,17 @@ def model_info(port: int) -> tuple[int, pb.GetModelInfoResponse]:
         return int(dict(call.trailing_metadata())["xsell-worker-pid"]), info
 
 
+def thread_policies(pid: int) -> set[int]:
+    """The scheduling policy of every thread of process `pid` (gRPC's, the pool's, ...)."""
+    policies = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            policies.add(os.sched_getscheduler(int(tid)))
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+    return policies
+
+
 def test_two_workers_share_the_port_and_reload_together(
     serve_cli, bundle_dir, bundle_root, copy_bundle, ranker
 ):
@@ -60,6 +71,8 @@ def test_two_workers_share_the_port_and_reload_together(
     if len(os.sched_getaffinity(0)) >= 2:
         pinned = [os.sched_getaffinity(pid) for pid in proc.pids]
         assert all(len(cpus) == 1 for cpus in pinned) and pinned[0] != pinned[1]
+    if hasattr(os, "SCHED_BATCH"):  # the default policy, in every thread of both workers
+        assert [thread_policies(pid) for pid in proc.pids] == [{os.SCHED_BATCH}] * 2
 
     # A reload taken by one worker reaches the other through the supervisor's state file.
     version = f"cli-{uuid.uuid4().hex[:8]}"
@@ -105,8 +118,28 @@ def test_two_workers_share_the_port_and_reload_together(
             assert info.model_version == version
     assert replacement is not None, proc.log()[-3000:]
     assert "died" in proc.log()
+    if hasattr(os, "SCHED_BATCH"):
+        assert thread_policies(replacement) == {os.SCHED_BATCH}
 
     assert proc.terminate() == 0, proc.log()[-3000:]
+
+
+def test_unknown_cpu_policy_is_refused_naming_the_flag():
+    from xsell.server.workers import ServeConfig, serve
+
+    with pytest.raises(ValueError, match=r"--cpu-policy must be one of batch, normal, got 'fast'"):
+        serve(ServeConfig(bundle="unused", cpu_policy="fast"))
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+@pytest.mark.parametrize(
+    ("args", "policy"), [((), "SCHED_BATCH"), (("--cpu-policy", "normal"), "SCHED_OTHER")]
+)
+def test_cpu_policy_of_an_in_process_server(serve_cli, bundle_dir, args, policy):
+    proc = serve_cli(bundle_dir, "--workers", "1", "--no-access-log", *args)
+    model_info(proc.port)  # the call threads exist now
+    assert thread_policies(proc.process.pid) == {getattr(os, policy)}
+    assert proc.terminate() == 0
 
 
 @pytest.mark.parametrize(
