@@ -101,14 +101,16 @@ CPU_POLICIES = ("batch", "normal")
 
 def apply_cpu_policy(policy: str) -> str:
     """Put this process under `policy` before it starts threads (they inherit it); returns
-    the policy in force ("normal" where SCHED_BATCH does not exist or is refused).
+    the policy in force ("normal" where SCHED_BATCH does not exist, "inherited" where
+    the kernel refuses).
 
     "batch" = SCHED_BATCH. A worker is ~40 threads on one core sharing one GIL, and each
     call wakes several of them (gRPC's poller, the pool thread that admits the call, the
     waiting thread handed the work slot). Under the normal policy a woken thread
     preempts the running one at once, mostly to find the GIL held and sleep again: two
-    context switches and a cold cache in the middle of a ranking. SCHED_BATCH threads do not preempt on wake-up (the tick or the running
-    thread blocking hands the core over), at the same priority otherwise. Measured with
+    context switches and a cold cache in the middle of a ranking. SCHED_BATCH threads
+    do not preempt on wake-up (the tick or the running thread blocking hands the core
+    over), at the same priority otherwise. Measured with
     2 workers and the load generator sharing the 2 cores (bench_load.py, same rate):
     open-loop p50 / p99 5.4 / 28.9 ms against 8.9 / 64.7 ms, context switches per call
     halved; one worker with a core to itself gains less (bench_sched.py). Figures in
@@ -116,21 +118,25 @@ def apply_cpu_policy(policy: str) -> str:
     """
     if policy not in CPU_POLICIES:
         raise ValueError(f"--cpu-policy must be one of {', '.join(CPU_POLICIES)}, got {policy!r}")
-    if policy == "normal" or not hasattr(os, "SCHED_BATCH"):
+    if not hasattr(os, "SCHED_BATCH"):
         return "normal"
+    # "normal" is set too: a process started from a batch parent would inherit batch
+    wanted = os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER
     try:
         # the threads imports already started (numpy's, an allocator's background thread)
         # and, this thread first, every thread started from now on
         me = threading.get_native_id()
         for tid in sorted(map(int, os.listdir("/proc/self/task")), key=lambda t: t != me):
             try:
-                os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+                os.sched_setscheduler(tid, wanted, os.sched_param(0))
             except ProcessLookupError:  # ended meanwhile
                 pass
     except OSError as exc:  # a sandbox that forbids it: serve anyway, say so
-        log.warning("could not set SCHED_BATCH (%s); serving under the normal CPU policy", exc)
-        return "normal"
-    return "batch"
+        log.warning(
+            "could not set the %s CPU policy (%s); serving under the inherited one", policy, exc
+        )
+        return "inherited"
+    return policy
 
 
 def default_workers() -> int:

@@ -133,10 +133,20 @@ def test_unknown_cpu_policy_is_refused_naming_the_flag():
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
 @pytest.mark.parametrize(
-    ("args", "policy"), [((), "SCHED_BATCH"), (("--cpu-policy", "normal"), "SCHED_OTHER")]
+    ("args", "parent", "policy"),
+    [
+        ((), "SCHED_OTHER", "SCHED_BATCH"),
+        # set, not inherited: a server started from a batch parent runs normal when asked
+        (("--cpu-policy", "normal"), "SCHED_BATCH", "SCHED_OTHER"),
+    ],
 )
-def test_cpu_policy_of_an_in_process_server(serve_cli, bundle_dir, args, policy):
-    proc = serve_cli(bundle_dir, "--workers", "1", "--no-access-log", *args)
+def test_cpu_policy_of_an_in_process_server(serve_cli, bundle_dir, args, parent, policy):
+    before = os.sched_getscheduler(0)
+    os.sched_setscheduler(0, getattr(os, parent), os.sched_param(0))  # the child inherits it
+    try:
+        proc = serve_cli(bundle_dir, "--workers", "1", "--no-access-log", *args)
+    finally:
+        os.sched_setscheduler(0, before, os.sched_param(0))
     model_info(proc.port)  # the call threads exist now
     assert thread_policies(proc.process.pid) == {getattr(os, policy)}
     assert proc.terminate() == 0
