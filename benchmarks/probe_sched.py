@@ -6,9 +6,9 @@ switches and steal time under an open loop, for `xsell serve --cpu-policy` batch
 
 Starts `xsell serve --workers 1` pinned to CPU 0 (this generator on CPU 1, as in
 bench_soak.py) and, in a sampler process on CPU 1, reads every 5 ms the worker's threads'
-`/proc/<pid>/task/*/schedstat` (ns on the CPU, ns runnable but waiting for it) and CPU 0's
-steal time from `/proc/stat`; context switches per call come from the threads'
-`/proc/<pid>/task/*/status` before and after. Prints: calls, errors, p50 / p99; context
+`/proc/<pid>/task/*/schedstat` (ns on the CPU, ns runnable but waiting for it); context
+switches per call come from the threads' `/proc/<pid>/task/*/status` and CPU 0's steal
+time from `/proc/stat`, before and after. Prints: calls, errors, p50 / p99; context
 switches per call (voluntary, involuntary); steal; the mean number of the worker's threads
 waiting for the core; and for each episode of calls slower than `--slow-ms` (50) the
 worker's CPU share and the calls it finished per second, against the whole run.
@@ -34,24 +34,34 @@ from bench_overload import make_requests, open_loop, pct, start_server
 BIN = 0.05  # s: the time resolution of the episode figures
 
 
-def thread_stats(pid: int) -> tuple[int, int, int, int]:
-    """(ns on the CPU, ns waiting for it, voluntary, involuntary context switches), summed
-    over the threads of `pid` alive now."""
-    run = wait = vol = invol = 0
+def thread_times(pid: int) -> tuple[int, int]:
+    """(ns on the CPU, ns runnable but waiting for it), summed over the threads of `pid`
+    alive now."""
+    run = wait = 0
     for task in glob.glob(f"/proc/{pid}/task/*"):
         try:
             with open(f"{task}/schedstat") as fh:
                 a, b, _ = fh.read().split()
+        except (OSError, ValueError):  # the thread ended meanwhile
+            continue
+        run, wait = run + int(a), wait + int(b)
+    return run, wait
+
+
+def thread_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches, summed over the threads of `pid`."""
+    vol = invol = 0
+    for task in glob.glob(f"/proc/{pid}/task/*"):
+        try:
             with open(f"{task}/status") as fh:
                 for line in fh:
                     if line.startswith("voluntary_ctxt_switches"):
                         vol += int(line.split()[1])
                     elif line.startswith("nonvoluntary_ctxt_switches"):
                         invol += int(line.split()[1])
-        except (OSError, ValueError):  # the thread ended meanwhile
+        except (OSError, ValueError):
             continue
-        run, wait = run + int(a), wait + int(b)
-    return run, wait, vol, invol
+    return vol, invol
 
 
 def cpu_steal(cpu: int) -> int:
@@ -62,13 +72,12 @@ def cpu_steal(cpu: int) -> int:
     return 0
 
 
-def sampler(pid: int, cpu: int, seconds: float, out) -> None:
-    """Every 5 ms: (s since start, run ns, wait ns, steal ticks of `cpu`)."""
+def sampler(pid: int, seconds: float, out) -> None:
+    """Every 5 ms: (s since start, run ns, wait ns) of the worker's threads."""
     rows = []
     t0 = time.perf_counter()
     while (now := time.perf_counter()) - t0 < seconds:
-        run, wait, _, _ = thread_stats(pid)
-        rows.append((now - t0, run, wait, cpu_steal(cpu)))
+        rows.append((now - t0, *thread_times(pid)))
         time.sleep(0.005)
     out.put(rows)
 
@@ -114,14 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         payloads = make_requests(args.bundle, path=args.requests)
         asyncio.run(open_loop(server.port, payloads, 20, 3.0))  # warm-up
         queue: mp.Queue = mp.Queue()
-        before = thread_stats(pid)
+        before = (*thread_times(pid), *thread_switches(pid))
         steal0 = cpu_steal(server_cpu)
-        proc = mp.Process(target=sampler, args=(pid, server_cpu, args.seconds + 1.0, queue))
+        proc = mp.Process(target=sampler, args=(pid, args.seconds + 1.0, queue))
         proc.start()
         calls = asyncio.run(open_loop(server.port, payloads, args.rate, args.seconds, channels=16))
         rows = queue.get()
         proc.join()
-        after = thread_stats(pid)
+        after = (*thread_times(pid), *thread_switches(pid))
         steal = cpu_steal(server_cpu) - steal0
     finally:
         server.stop()
