@@ -38,6 +38,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from bench_overload import die_with_parent  # this directory: the shared server-process helper
+
 READY = re.compile(r"listening on [^ ]+:(?P<port>\d+) workers=\d+ pids=(?P<pids>[\d,]+)")
 
 
@@ -59,8 +61,9 @@ class Server:
         )
         with open(self.log, "wb") as err:  # the server's own log, for when a run fails
             self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=err, start_new_session=True
-            )
+                cmd, stdout=subprocess.PIPE, stderr=err, start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - a prctl, no locks
+            )  # fmt: skip
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
         m = READY.search(line)

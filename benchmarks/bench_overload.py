@@ -88,6 +88,18 @@ class Server:
             return self.process.wait()
 
 
+def die_with_parent() -> None:
+    """In a server child, before exec (also bench_load.py's): SIGTERM (a graceful drain)
+    when the benchmark that started it dies, so an interrupted or killed run leaves no server behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the server outlives a killed benchmark
+        pass
+
+
 def start_server(bundle: str, *, workers: int, threads: int | None, max_in_flight: int | None,
                  cpus: set[int] | None, log_path: Path, extra: tuple[str, ...] = ()) -> Server:  # fmt: skip
     """`xsell serve` on a free port (`extra`: more flags), pinned to `cpus`, once ready."""
@@ -103,6 +115,7 @@ def start_server(bundle: str, *, workers: int, threads: int | None, max_in_fligh
     def pin() -> None:
         if cpus:
             os.sched_setaffinity(0, cpus)
+        die_with_parent()
 
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, preexec_fn=pin,  # noqa: PLW1509
