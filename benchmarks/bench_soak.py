@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -180,7 +181,20 @@ def run(args) -> dict:
               f"{out['rss_growth_after_warmup']:+.2%}, slope {slope:+.2f} MiB/min", flush=True)  # fmt: skip
     finally:
         out["server_exit"] = server.stop()
+        out["admission"] = admission_events(Path(args.log))
+        print(f"admission: {out['admission']}", flush=True)
     return out
+
+
+def admission_events(server_log: Path) -> dict:
+    """What the server's admission logged: overloads entered (by the bound or by a slow
+    queue) and slow queues / full bounds ridden out (arrivals under the slots' time)."""
+    text = server_log.read_text(errors="replace") if server_log.exists() else ""
+    return {
+        "overload_by_bound": len(re.findall(r"overloaded: \d+ calls held", text)),
+        "overload_by_slow_queue": len(re.findall(r"overloaded: calls waited over", text)),
+        "ridden_out_logged": text.count("not overload, the queue drains"),  # at most 1 a second
+    }
 
 
 def main() -> int:

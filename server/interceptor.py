@@ -162,14 +162,7 @@ class Admission:
         this process's *CPU time* the oldest waiting call had waited `target_wait` or
         more. CPU time, not wall time: when the host stops the process for a while,
         calls pile up meanwhile and then arrive all at once; that backlog is a stall of
-        the host, not more load than the server can take, and it drains;
-    and, either way, the arrivals of the last window or two (`EXIT_WINDOW`) times the
-    average slot time of a call are at least `EXIT_LOAD` of the slots' time (or no call
-    has finished yet). A backlog the arrivals do not sustain (the host slowed the process
-    for a moment: at 70% load a worker's calls cost up to 1.4 x for a fraction of a
-    second, measured) drains by itself, so it is ridden out (`ridden_out` counts these):
-    shedding it refused ~50 calls per episode in soaks at 70% load, and each such
-    "overload" ended at its first window. Past the bound, calls are refused either way.
+        the host, not more load than the server can take, and it drains.
     While overloaded, two rules keep what is accepted fast: at most `overload_in_flight`
     (2 x threads) calls are held, the excess is refused at arrival by the cheap refusal
     path; and a call that has waited more than `overload_wait` for a slot is refused
@@ -240,10 +233,7 @@ class Admission:
         self._queue: deque[_Waiter] = deque()  # oldest first
         self._last_fast = cpu_clock()  # CPU time of the last arrival that found no slow queue
         self._service: float | None = None  # moving average of a call's slot time, wall s
-        self._window_start, self._window_arrivals = clock(), 0  # the load estimate's window
-        self._prev_span, self._prev_arrivals = 0.0, 0  # ... and the one before it
-        self.ridden_out = 0  # slow queues / full bounds that were not overload (load < 100%)
-        self._last_ride_log = float("-inf")
+        self._window_start, self._window_arrivals = 0.0, 0  # the load estimate's window
         self.overloaded = False
         self.shed_waiting = 0  # calls refused after waiting longer than overload_wait
         self._since, self._refused_now, self._shed_before = 0.0, 0, 0  # the current overload
@@ -260,79 +250,47 @@ class Admission:
     def waiting(self) -> int:
         return len(self._queue)
 
-    def _load(self, now: float) -> float | None:
-        """The share of the slots' time the recent arrivals bring: arrivals over the last
-        completed window and the current one, times the average slot time of a call.
-        None before any call has finished (no slot time known yet)."""
-        if self._service is None:
-            return None
-        # an idle stretch before the last window must not dilute a burst: cap its span
-        span = min(self._prev_span, self.EXIT_WINDOW) + (now - self._window_start)
-        arrivals = self._prev_arrivals + self._window_arrivals
-        return arrivals * self._service / (max(span, 1e-3) * self.threads)
-
     def _arrival(self, free: bool, *, full: bool = False) -> None:
         """Update the overload state for one arrival (call with the lock held).
 
         The age of the oldest waiting call (under `target_wait`, or nobody waiting)
         resets the slow-queue clock; `full`: the arrival found the normal bound reached;
-        `free`: a slot was free (counted for the log). Every arrival counts towards the
-        load estimate that gates entering the state and ends it."""
+        `free`: a slot was free (counted for the log). While overloaded every arrival
+        counts towards the load estimate that ends the state."""
         cpu = self._cpu_clock()
         now = self._clock()
         queue = self._queue
         if not queue or now - queue[0].since < self.target_wait:
             self._last_fast = cpu
-        self._window_arrivals += 1
-        span = now - self._window_start
-        window_done = span >= self.EXIT_WINDOW
-        if window_done:
-            work = self._window_arrivals * (self._service or 0.0)
-            self._prev_arrivals, self._prev_span = self._window_arrivals, span
-            self._window_start, self._window_arrivals = now, 0
         if self.overloaded:
             self._refused_now += not free
-            if window_done and work < self.EXIT_LOAD * span * self.threads:
-                self.overloaded = False
-                log.info(
-                    "overload over after %.2f s: %d arrivals found it busy, %d calls "
-                    "shed after waiting",
-                    now - self._since,
-                    self._refused_now,
-                    self.shed_waiting - self._shed_before,
-                )
+            self._window_arrivals += 1
+            span = now - self._window_start
+            if span >= self.EXIT_WINDOW:
+                work = self._window_arrivals * (self._service or 0.0)
+                self._window_start, self._window_arrivals = now, 0
+                if work < self.EXIT_LOAD * span * self.threads:
+                    self.overloaded = False
+                    log.info(
+                        "overload over after %.2f s: %d arrivals found it busy, %d calls "
+                        "shed after waiting",
+                        now - self._since,
+                        self._refused_now,
+                        self.shed_waiting - self._shed_before,
+                    )
         elif full or cpu - self._last_fast > self.standing_after:
-            load = self._load(now)
+            self.overloaded = True
+            self._since, self._refused_now, self._shed_before = now, 0, self.shed_waiting
+            self._window_start, self._window_arrivals = now, 0
             why = (
                 f"{self.max_in_flight} calls held"
                 if full
                 else f"calls waited over {self.target_wait * 1e3:.0f} ms for "
                 f"{(cpu - self._last_fast) * 1e3:.0f} ms of CPU time"
             )
-            if load is not None and load < self.EXIT_LOAD:
-                # A backlog the arrivals do not sustain (the host slowed the process for
-                # a moment) drains by itself: shedding it refused ~50 calls per episode
-                # in soaks at 70% load, and every such overload ended at its first
-                # window. Look again after another `standing_after`.
-                self._last_fast = cpu
-                self.ridden_out += 1
-                if now - self._last_ride_log >= 1.0:
-                    self._last_ride_log = now
-                    log.info(
-                        "%s, but arrivals bring %.0f%% of the slots' time: "
-                        "not overload, the queue drains",
-                        why,
-                        load * 100,
-                    )
-                return
-            self.overloaded = True
-            self._since, self._refused_now, self._shed_before = now, 0, self.shed_waiting
-            self._window_start, self._window_arrivals = now, 0
             log.warning(
-                "overloaded: %s (arrivals bring %s of the slots' time); holding at most %d "
-                "calls, shedding calls that wait over %.0f ms",
+                "overloaded: %s; holding at most %d calls, shedding calls that wait over %.0f ms",
                 why,
-                "?" if load is None else f"{load * 100:.0f}%",
                 self.overload_in_flight,
                 self.overload_wait * 1e3,
             )

@@ -165,69 +165,6 @@ def test_the_overload_state_lasts_as_long_as_the_overload():
     assert not a.overloaded and rounds * 0.010 <= 2 * Admission.EXIT_WINDOW
 
 
-def serve_calls(clocks: Clocks, a: Admission, calls: int, service_s: float, gap_s: float) -> None:
-    """`calls` calls one after the other, each holding the slot `service_s` (wall and CPU),
-    one arriving every `gap_s`."""
-    for _ in range(calls):
-        ticket = a.try_acquire()
-        granted = a.take_slot(Context(1))
-        clocks.advance(wall=service_s, cpu=service_s)
-        a.release_slot(granted)
-        ticket.release()
-        clocks.advance(wall=max(0.0, gap_s - service_s), cpu=0.0)
-
-
-@pytest.mark.parametrize(
-    ("gap_s", "overloaded"), [(0.010, False), (0.002, True)], ids=["20%", "100%"]
-)
-def test_reaching_the_bound_is_overload_only_when_arrivals_outpace_the_slots(gap_s, overloaded):
-    """A burst that fills the bound on a server whose arrivals bring 20% of the slot's
-    time is refused past the bound but is not overload (nothing waiting is shed); on a
-    server that was busy all the time it is."""
-    clocks = Clocks()
-    a = admission(clocks, max_in_flight=3, threads=1)
-    serve_calls(clocks, a, calls=10, service_s=0.002, gap_s=gap_s)
-    held = [a.try_acquire() for _ in range(3)]
-    assert a.try_acquire() is None  # past the bound: refused either way
-    assert a.overloaded is overloaded
-    assert a.ridden_out == (0 if overloaded else 1)
-    for t in held:
-        t.release()
-
-
-@pytest.mark.parametrize(
-    ("gap_s", "overloaded"), [(0.010, False), (0.001, True)], ids=["20%", "200%"]
-)
-def test_a_slow_queue_is_overload_only_when_arrivals_outpace_the_slots(gap_s, overloaded):
-    """Calls of 2 ms arrive every `gap_s`; then one call runs 40 ms (the host slowed the
-    process: CPU time, not a stall) and the arrivals queue behind it, waiting longer than
-    `target_wait` for longer than `standing_after`. At 20% load that backlog drains by
-    itself: every waiting call is served (before, such a queue was shed: ~50 calls per
-    episode in soaks at 70% load, each overload ending at its first window). When the
-    arrivals bring twice the slot's time it is overload, and waiting calls are shed."""
-    clocks = Clocks()
-    a = admission(clocks, max_in_flight=100, threads=1, standing_after=0.02, target_wait=0.005)
-    serve_calls(clocks, a, calls=20, service_s=0.002, gap_s=gap_s)
-    a.take_slot(Context(5))  # the slow call
-    waiters = []
-    for _ in range(round(0.04 / gap_s)):
-        clocks.advance(wall=gap_s, cpu=gap_s)
-        waiters.append(Waiting(a).begin())
-    assert a.overloaded is overloaded
-    assert a.ridden_out == (0 if overloaded else 1)
-    for w in waiters:  # the slot passes down the queue
-        if w.outcome is None:
-            a.release_slot()
-        w.join(5)
-    outcomes = [w.outcome for w in waiters]
-    if overloaded:
-        assert any(isinstance(o, Overloaded) for o in outcomes) and a.shed_waiting > 0
-    else:
-        assert outcomes == ["slot"] * len(waiters) and a.shed_waiting == 0
-    a.release_slot()
-    assert a.running == 0
-
-
 def test_a_stall_of_the_host_is_not_overload():
     """Wall time passes but the process got no CPU: the backlog is the host's doing."""
     clocks = Clocks()
@@ -396,16 +333,10 @@ def test_calls_without_a_deadline_wait_for_a_slot_and_are_served(server, known_i
     from .conftest import good_request, stub_for
 
     channel, stub = stub_for(server.port)
-    before = server.metrics.sample(
-        "xsell_requests_total", {"method": "Recommend", "code": "INTERNAL"}
-    )
+    before = server.metrics.sample("xsell_requests_total", {"method": "Recommend", "code": "INTERNAL"})
     with channel:
-        futures = [
-            stub.Recommend.future(good_request(known_items, k)) for k in range(12)
-        ]  # no timeout
+        futures = [stub.Recommend.future(good_request(known_items, k)) for k in range(12)]  # no timeout
         answers = [f.result(timeout=30) for f in futures]
     assert all(isinstance(a, pb.RecommendResponse) and a.cross_sell for a in answers)
-    after = server.metrics.sample(
-        "xsell_requests_total", {"method": "Recommend", "code": "INTERNAL"}
-    )
+    after = server.metrics.sample("xsell_requests_total", {"method": "Recommend", "code": "INTERNAL"})
     assert after == before
