@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -226,7 +229,34 @@ def train_bundle(
     log=print,
 ) -> Path:
     """Train on events before `until` (epoch s; default: all) and write a bundle to out_dir."""
-    cfg = config or TrainConfig()
+    return train_bundles(data, {"": (out_dir, config or TrainConfig())}, until=until, overwrite=overwrite,
+                         log=log)[""]  # fmt: skip
+
+
+def train_bundles(
+    data: Dataset,
+    targets: dict[str, tuple],
+    *,
+    until: int | None = None,
+    overwrite: bool = False,
+    log=print,
+) -> dict[str, Path]:
+    """Several bundles from one data set whose configs differ only in
+    `disabled_feature_groups` (an evaluation's model and its ablations): `targets` maps a
+    label to (out_dir, TrainConfig). The label windows' retrieval artifacts, their query
+    groups (with every feature any of them uses) and the serving artifacts are built once;
+    each bundle's boosters train on its own feature columns of the same rows. Each bundle
+    is what `train_bundle` alone writes for its config (a test compares the models)."""
+    if not targets:
+        raise ValueError("no bundle to train")
+    cfgs = {label: cfg for label, (_, cfg) in targets.items()}
+    cfg = next(iter(cfgs.values()))
+    for label, other in cfgs.items():
+        if replace(other, disabled_feature_groups=cfg.disabled_feature_groups) != cfg:
+            raise ValueError(f"bundle '{label}': configs trained together may differ only in disabled_feature_groups")
+    variant_names = {label: feature_names(c.disabled_feature_groups) for label, c in cfgs.items()}
+    used = set().union(*variant_names.values())
+    names = [n for n in feature_names(()) if n in used]  # every feature any bundle uses, table order
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -248,11 +278,10 @@ def train_bundle(
     if not starts:
         raise ValueError(f"need events both before and within the last {cfg.label_days} days to train the ranker")
     label_start = starts[0]
-    names = feature_names(cfg.disabled_feature_groups)
     features = check_feature_names(names)
     rng = np.random.default_rng(cfg.seed)
     log(f"training on {len(events):,} events: {len(starts)} label window(s) of {cfg.label_days} days, "
-        f"{len(names)} features")  # fmt: skip
+        f"{len(names)} features" + (f", {len(targets)} bundles" if len(targets) > 1 else ""))  # fmt: skip
 
     t = time.perf_counter()
     cross = _Queries(features, cfg.max_negatives, cfg.seed)
@@ -285,53 +314,104 @@ def train_bundle(
         if len(q.groups) < 10:
             raise ValueError(f"only {len(q.groups)} usable {strategy.value} queries in the label windows: "
                              "too little data (or label_days too short) to train the ranker")  # fmt: skip
+    recall = {s: q.reached / max(q.positives, 1) for s, q in groups.items()}
+    rows = {s: _SharedRows(q, len(targets), cfg.valid_fraction, cfg.seed) for s, q in groups.items()}
+    del cross, up, groups
 
     fingerprint = data_fingerprint(data)
-    metrics: dict = {}
+    shared_stages = dict(stages)
     # LightGBM releases the GIL while it trains (ctypes calls), so the boosters train on
     # worker threads while this one builds the serving artifacts: on 2 cores the stage
     # takes about as long as the cross-sell booster alone. One LightGBM thread each:
     # deterministic, and the same models as training them one after the other.
-    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="lambdarank") as pool:
-        fits = {s: pool.submit(_fit_ranker, s, q, cfg, names) for s, q in groups.items()}
-        with atomic_bundle_dir(Path(out_dir), overwrite=overwrite) as tmp:
-            arts = build_artifacts(data, until=end, config=cfg.retrieval, ann_path=tmp / "ann.idx", log=log)
-            arts.ann.unload()
-            arts.save(tmp)
-            data.report.write(tmp / "cleaning_report.json")
-            stage("serving artifacts", t)
-            for strategy, fit in fits.items():
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="lambdarank") as pool, ExitStack() as dirs:
+        fits: dict[str, dict] = {label: {} for label in targets}
+        for label in targets:
+            cols = None if variant_names[label] == names else [names.index(n) for n in variant_names[label]]
+            for strategy, shared in rows.items():
+                fits[label][strategy] = pool.submit(_fit_ranker, strategy, shared, cols, cfgs[label],
+                                                    variant_names[label], recall[strategy])  # fmt: skip
+        del rows
+        tmps = {label: dirs.enter_context(atomic_bundle_dir(Path(out), overwrite=overwrite))
+                for label, (out, _) in targets.items()}  # fmt: skip
+        first = next(iter(tmps.values()))
+        arts = build_artifacts(
+            data, until=end, config=cfg.retrieval, ann_path=first / "ann.idx", log=log
+        )
+        arts.ann.unload()
+        arts.save(first)
+        data.report.write(first / "cleaning_report.json")
+        for tmp in list(tmps.values())[1:]:
+            for f in first.iterdir():
+                shutil.copy2(f, tmp / f.name)
+        shared_stages["serving artifacts"] = round(time.perf_counter() - t, 2)
+        log(f"[{time.perf_counter() - t_start:6.1f}s] serving artifacts done")
+        for label, tmp in tmps.items():
+            vstages, metrics = dict(shared_stages), {}
+            for strategy, fit in fits[label].items():
                 booster, best, fit_metrics = fit.result()
                 metrics.update(fit_metrics)
                 booster.save_model(str(tmp / MODEL_FILES[strategy.value]), num_iteration=best)
-            t = stage("LambdaRank", t)
-            for strategy in fits:
-                if cfg.compile_models:
-                    _compile(tmp / MODEL_FILES[strategy.value], tmp / COMPILED_FILES[strategy.value], log)
-            t = stage("compile", t)
-            stages["total"] = round(time.perf_counter() - t_start, 2)
+            t1 = time.perf_counter()
+            vstages["LambdaRank"] = round(t1 - t, 2)
+            log(
+                f"[{t1 - t_start:6.1f}s] LambdaRank done{f' ({label})' if len(targets) > 1 else ''}"
+            )
+            for strategy in fits[label]:
+                if cfgs[label].compile_models:
+                    _compile(
+                        tmp / MODEL_FILES[strategy.value], tmp / COMPILED_FILES[strategy.value], log
+                    )
+            vstages["compile"] = round(time.perf_counter() - t1, 2)
+            vstages["total"] = round(time.perf_counter() - t_start, 2)
+            vcfg = cfgs[label]
             manifest = write_manifest(tmp, {
                 "version": new_version(fingerprint),
                 "data_fingerprint": fingerprint,
-                "feature_names": names,
+                "feature_names": variant_names[label],
                 "metrics": metrics,
                 "num_items": len(arts.items), "num_users": len(arts.users),
                 "data": {"events": len(events), "first_timestamp": int(events["timestamp"].min()), "end_timestamp": end,
                          "label_start": label_start, "label_windows": per_window},
-                "stage_seconds": stages,
-                "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("retrieval", "candidates", "model")},
-                "retrieval_config": asdict(cfg.retrieval),
-                "candidate_config": asdict(cfg.candidates),
-                "model_config": asdict(cfg.model),
+                "stage_seconds": vstages,
+                "train_config": {k: v for k, v in asdict(vcfg).items() if k not in ("retrieval", "candidates", "model")},
+                "retrieval_config": asdict(vcfg.retrieval),
+                "candidate_config": asdict(vcfg.candidates),
+                "model_config": asdict(vcfg.model),
             })  # fmt: skip
-    _summary(manifest, log)
-    return Path(out_dir)
+            _summary(manifest, log)
+    return {label: Path(out) for label, (out, _) in targets.items()}
 
 
-def _fit_ranker(strategy: Strategy, q: _Queries, cfg: TrainConfig, names: list[str]):
-    """One LambdaRank booster on a strategy's query groups: (booster, best iteration,
-    manifest metrics). Consumes the groups' rows."""
-    (xt, yt, gt), (xv, yv, gv) = q.split(cfg.valid_fraction, cfg.seed)
+class _SharedRows:
+    """A strategy's query rows for `users` boosters: split by shopper (training / held
+    out) by the first to take them, on its worker thread; the last to take them drops
+    this holder's reference, so the float rows go once that booster has binned them (the
+    executor keeps a task's arguments until it ends: this holder, not the arrays)."""
+
+    def __init__(self, queries: _Queries, users: int, valid_fraction: float, seed: int) -> None:
+        self._queries, self._split = queries, (valid_fraction, seed)
+        self._rows, self._left, self._lock = None, users, threading.Lock()
+
+    def take(self):
+        """((x, y, groups) of the training shoppers, the same of the held-out ones)."""
+        with self._lock:
+            if self._queries is not None:
+                self._rows, self._queries = self._queries.split(*self._split), None  # consumes the groups
+            rows, self._left = self._rows, self._left - 1
+            if self._left == 0:
+                self._rows = None
+        return rows
+
+
+def _fit_ranker(
+    strategy: Strategy, shared: _SharedRows, cols, cfg: TrainConfig, names: list[str], recall: float
+):
+    """One LambdaRank booster on a strategy's query rows, using the feature columns `cols`
+    (None: all): (booster, best iteration, manifest metrics)."""
+    (xt, yt, gt), (xv, yv, gv) = shared.take()
+    if cols is not None:
+        xt, xv = xt[:, cols], xv[:, cols]
     train, valid = lambdarank_datasets(xt, yt, gt, xv, yv, gv, names, cfg.model)
     del xt, xv  # the datasets hold binned copies: the float rows go before the boosting
     booster, info = train_lambdarank(train, valid, cfg.model)
@@ -339,7 +419,7 @@ def _fit_ranker(strategy: Strategy, q: _Queries, cfg: TrainConfig, names: list[s
     metrics = {
         f"{key}_valid_ndcg@10": info["valid_ndcg@10"], f"{key}_best_iteration": info["best_iteration"],
         f"{key}_train_queries": len(gt), f"{key}_valid_queries": len(gv), f"{key}_rows": int(len(yt) + len(yv)),
-        f"{key}_candidate_recall": q.reached / max(q.positives, 1),
+        f"{key}_candidate_recall": recall,
     }  # fmt: skip
     return booster, info["best_iteration"], metrics
 

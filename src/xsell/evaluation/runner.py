@@ -265,7 +265,7 @@ def evaluate(
     candidate = {}
     bundles = {}
     if model:
-        from xsell.ranking.train import TrainConfig, train_bundle
+        from xsell.ranking.train import TrainConfig, train_bundles
 
         from .model import ModelClient, RankerSpec, candidate_recall, model_rankings
 
@@ -284,13 +284,22 @@ def evaluate(
             if message:
                 log(f"    train: {message}")
 
-        for label, vcfg in variants.items():
-            t0 = time.perf_counter()
-            path = out / "bundles" / label.replace(" ", "_")
-            log(f"training bundle '{label}' on {len(train_events):,} pre-test events")
-            bundles[label] = train_bundle(train_ds, path, vcfg, overwrite=True, log=train_log)
-            timings[f"train[{label}]"] = round(time.perf_counter() - t0, 2)
-            log(f"  trained in {timings[f'train[{label}]']:.1f}s -> {path}")
+        # one pass over the label windows for all of them: they differ only in features
+        t0 = time.perf_counter()
+        log(
+            f"training bundles {', '.join(repr(v) for v in variants)} on {len(train_events):,} pre-test events"
+        )
+        bundles = train_bundles(
+            train_ds,
+            {
+                label: (out / "bundles" / label.replace(" ", "_"), vcfg)
+                for label, vcfg in variants.items()
+            },
+            overwrite=True,
+            log=train_log,
+        )
+        timings["train"] = round(time.perf_counter() - t0, 2)
+        log(f"  trained in {timings['train']:.1f}s -> {out / 'bundles'}")
         t = time.perf_counter()
         specs = {label: RankerSpec(str(p)) for label, p in bundles.items()}
         if ablations:
