@@ -319,7 +319,6 @@ def train_bundles(
     del cross, up, groups
 
     fingerprint = data_fingerprint(data)
-    shared_stages = dict(stages)
     # LightGBM releases the GIL while it trains (ctypes calls), so the boosters train on
     # worker threads while this one builds the serving artifacts: on 2 cores the stage
     # takes about as long as the cross-sell booster alone. One LightGBM thread each:
@@ -335,36 +334,28 @@ def train_bundles(
         tmps = {label: dirs.enter_context(atomic_bundle_dir(Path(out), overwrite=overwrite))
                 for label, (out, _) in targets.items()}  # fmt: skip
         first = next(iter(tmps.values()))
-        arts = build_artifacts(
-            data, until=end, config=cfg.retrieval, ann_path=first / "ann.idx", log=log
-        )
+        arts = build_artifacts(data, until=end, config=cfg.retrieval, ann_path=first / "ann.idx", log=log)
         arts.ann.unload()
         arts.save(first)
         data.report.write(first / "cleaning_report.json")
         for tmp in list(tmps.values())[1:]:
             for f in first.iterdir():
                 shutil.copy2(f, tmp / f.name)
-        shared_stages["serving artifacts"] = round(time.perf_counter() - t, 2)
-        log(f"[{time.perf_counter() - t_start:6.1f}s] serving artifacts done")
+        stage("serving artifacts", t)
         for label, tmp in tmps.items():
-            vstages, metrics = dict(shared_stages), {}
+            vcfg, vstages, metrics = cfgs[label], dict(stages), {}
             for strategy, fit in fits[label].items():
                 booster, best, fit_metrics = fit.result()
                 metrics.update(fit_metrics)
                 booster.save_model(str(tmp / MODEL_FILES[strategy.value]), num_iteration=best)
             t1 = time.perf_counter()
             vstages["LambdaRank"] = round(t1 - t, 2)
-            log(
-                f"[{t1 - t_start:6.1f}s] LambdaRank done{f' ({label})' if len(targets) > 1 else ''}"
-            )
+            log(f"[{t1 - t_start:6.1f}s] LambdaRank done{f' ({label})' if len(targets) > 1 else ''}")
             for strategy in fits[label]:
-                if cfgs[label].compile_models:
-                    _compile(
-                        tmp / MODEL_FILES[strategy.value], tmp / COMPILED_FILES[strategy.value], log
-                    )
+                if vcfg.compile_models:
+                    _compile(tmp / MODEL_FILES[strategy.value], tmp / COMPILED_FILES[strategy.value], log)
             vstages["compile"] = round(time.perf_counter() - t1, 2)
             vstages["total"] = round(time.perf_counter() - t_start, 2)
-            vcfg = cfgs[label]
             manifest = write_manifest(tmp, {
                 "version": new_version(fingerprint),
                 "data_fingerprint": fingerprint,
