@@ -250,6 +250,7 @@ def create_server(
         standing_after=standing_after,
         target_wait=target_wait,
         overload_wait=overload_wait,
+        metrics=metrics,
     )
     serving = ServingInterceptor(metrics, access_log=access_log, admission=admission)
     interceptors: list[grpc.ServerInterceptor] = [serving]

@@ -210,6 +210,7 @@ class Admission:
         overload_wait: float = 0.020,
         clock: Callable[[], float] = time.monotonic,
         cpu_clock: Callable[[], float] = time.process_time,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         if max_in_flight < 1 or threads < 1:
             raise ValueError(
@@ -227,6 +228,7 @@ class Admission:
         self.target_wait = target_wait
         self.overload_wait = overload_wait
         self._clock, self._cpu_clock = clock, cpu_clock
+        self._metrics = metrics  # the overload gauge and the overload / shed counters
         self._lock = threading.Lock()
         self._held = 0
         self._running = 0
@@ -271,6 +273,8 @@ class Admission:
                 self._window_start, self._window_arrivals = now, 0
                 if work < self.EXIT_LOAD * span * self.threads:
                     self.overloaded = False
+                    if self._metrics is not None:
+                        self._metrics.overloaded.dec()
                     log.info(
                         "overload over after %.2f s: %d arrivals found it busy, %d calls "
                         "shed after waiting",
@@ -280,6 +284,9 @@ class Admission:
                     )
         elif full or cpu - self._last_fast > self.standing_after:
             self.overloaded = True
+            if self._metrics is not None:
+                self._metrics.overloaded.inc()
+                self._metrics.overloads_by["bound" if full else "slow_queue"].inc()
             self._since, self._refused_now, self._shed_before = now, 0, self.shed_waiting
             self._window_start, self._window_arrivals = now, 0
             why = (
@@ -306,13 +313,20 @@ class Admission:
                 waiter = queue.popleft()
                 waiter.outcome = _SHED
                 waiter.event.set()
-                self.shed_waiting += 1
+                self._count_shed_waiting()
+
+    def _count_shed_waiting(self) -> None:
+        self.shed_waiting += 1
+        if self._metrics is not None:
+            self._metrics.shed_by["waited"].inc()
 
     def try_acquire(self) -> Ticket | None:
         with self._lock:
             bound = self.overload_in_flight if self.overloaded else self.max_in_flight
             if self._held >= bound:
                 self._arrival(False, full=not self.overloaded)  # refused: certainly not idle
+                if self._metrics is not None:
+                    self._metrics.shed_by["at_arrival"].inc()
                 return None
             self._held += 1
         return Ticket(self, self._clock())
@@ -340,7 +354,7 @@ class Admission:
             self._arrival(free)
             stale = self.overloaded and now - since > self.overload_wait
             if stale:
-                self.shed_waiting += 1
+                self._count_shed_waiting()
             elif free:
                 self._running += 1
                 return now

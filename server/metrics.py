@@ -9,6 +9,9 @@ servers in one process). Names:
     xsell_in_flight_requests                     gauge, RecommendService calls admitted now (queued for a work slot or running)
     xsell_model_info{version}                    gauge, 1 for the version serving, 0 once replaced
     xsell_reloads_total{outcome}                 counter, ok / refused
+    xsell_overloaded                             gauge, worker processes in the overload state now
+    xsell_overloads_total{trigger}               counter, entries into it: bound / slow_queue
+    xsell_shed_total{reason}                     counter, calls admission refused: at_arrival / waited
 
 Several worker processes (`xsell serve --workers N`): prometheus_client's
 multiprocess mode. The supervisor sets PROMETHEUS_MULTIPROC_DIR to a fresh
@@ -90,8 +93,31 @@ class ServerMetrics:
             multiprocess_mode="liveall",
         )
         self.reloads = Counter("xsell_reloads", "Bundle loads by outcome", ["outcome"], registry=r)
+        # admission (server/interceptor.py, Admission): when and why calls are refused
+        self.overloaded = Gauge(
+            "xsell_overloaded",
+            "Worker processes in the overload state now",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.overloads = Counter(
+            "xsell_overloads",
+            "Entries into the overload state by trigger: bound (max in flight reached) or "
+            "slow_queue (waits over the target for standing_after of CPU time)",
+            ["trigger"],
+            registry=r,
+        )
+        self.shed = Counter(
+            "xsell_shed",
+            "Calls admission refused (RESOURCE_EXHAUSTED): at_arrival (past the in-flight "
+            "bound) or waited (overloaded, waited longer than overload_wait)",
+            ["reason"],
+            registry=r,
+        )
         # children resolved once: labels() costs a dict lookup and a lock per call
         self._stage_children = {s: self.stage.labels(s) for s in STAGES}
+        self.overloads_by = {t: self.overloads.labels(t) for t in ("bound", "slow_queue")}
+        self.shed_by = {r: self.shed.labels(r) for r in ("at_arrival", "waited")}
 
     def observe_stages(self, timings: Mapping[str, float]) -> None:
         for stage, seconds in timings.items():

@@ -12,6 +12,7 @@ from collections import deque
 import pytest
 from xsell.server.errors import DeadlineExpired
 from xsell.server.interceptor import Admission
+from xsell.server.metrics import ServerMetrics
 
 from xsell.errors import Overloaded
 
@@ -149,9 +150,11 @@ def test_the_overload_state_lasts_as_long_as_the_overload():
     second: measured); once arrivals bring less work than the slot can do, it ends
     within a window."""
     clocks = Clocks()
-    a = admission(clocks, max_in_flight=3, threads=1, overload_in_flight=1)
+    metrics = ServerMetrics()
+    a = admission(clocks, max_in_flight=3, threads=1, overload_in_flight=1, metrics=metrics)
     held = [a.try_acquire() for _ in range(3)]
     assert a.try_acquire() is None and a.overloaded  # the bound was reached
+    assert metrics.sample("xsell_overloaded") == 1
     for t in held:
         t.release()
     for _ in range(500):  # 1 s of 5 x overload, 2 ms a call
@@ -163,6 +166,11 @@ def test_the_overload_state_lasts_as_long_as_the_overload():
         clocks.advance(wall=0.008, cpu=0.0)
         rounds += 1
     assert not a.overloaded and rounds * 0.010 <= 2 * Admission.EXIT_WINDOW
+    # one overload, entered at the bound; every refusal counted once, by its reason
+    assert metrics.sample("xsell_overloaded") == 0
+    assert metrics.sample("xsell_overloads_total", {"trigger": "bound"}) == 1
+    assert metrics.sample("xsell_overloads_total", {"trigger": "slow_queue"}) == 0
+    assert metrics.sample("xsell_shed_total", {"reason": "at_arrival"}) == 1 + 500 * 4
 
 
 def test_a_stall_of_the_host_is_not_overload():
@@ -333,10 +341,16 @@ def test_calls_without_a_deadline_wait_for_a_slot_and_are_served(server, known_i
     from .conftest import good_request, stub_for
 
     channel, stub = stub_for(server.port)
-    before = server.metrics.sample("xsell_requests_total", {"method": "Recommend", "code": "INTERNAL"})
+    before = server.metrics.sample(
+        "xsell_requests_total", {"method": "Recommend", "code": "INTERNAL"}
+    )
     with channel:
-        futures = [stub.Recommend.future(good_request(known_items, k)) for k in range(12)]  # no timeout
+        futures = [
+            stub.Recommend.future(good_request(known_items, k)) for k in range(12)
+        ]  # no timeout
         answers = [f.result(timeout=30) for f in futures]
     assert all(isinstance(a, pb.RecommendResponse) and a.cross_sell for a in answers)
-    after = server.metrics.sample("xsell_requests_total", {"method": "Recommend", "code": "INTERNAL"})
+    after = server.metrics.sample(
+        "xsell_requests_total", {"method": "Recommend", "code": "INTERNAL"}
+    )
     assert after == before

@@ -266,6 +266,11 @@ def test_over_the_in_flight_bound_answers_resource_exhausted(make_server, facts)
         assert not slow.done(), "the slow call ended before the probe: the test proved nothing"
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert refused_after < 0.5, "the refusal waited instead of answering at once"
+        m = srv.metrics  # what an operator sees: why, and how many
+        assert m.sample("xsell_shed_total", {"reason": "at_arrival"}) == 1
+        assert m.sample("xsell_shed_total", {"reason": "waited"}) == 0
+        assert m.sample("xsell_overloads_total", {"trigger": "bound"}) == 1
+        assert m.sample("xsell_overloaded") == 1
         assert len(slow.result().responses) == 64  # the accepted call is unharmed
     assert stub.Recommend(one_request(facts)).cross_sell  # and the server recovers
 
@@ -302,10 +307,14 @@ def test_overloaded_a_call_that_waited_too_long_is_shed(make_server, facts, stan
             assert code == "RESOURCE_EXHAUSTED", details
             assert details.startswith("overloaded: waited over 100 ms") and "retry" in details
             assert srv.admission.shed_waiting >= 1
+            assert srv.metrics.sample("xsell_shed_total", {"reason": "waited"}) == srv.admission.shed_waiting
+            assert srv.metrics.sample("xsell_overloads_total", {"trigger": "slow_queue"}) >= 1
         else:
             assert (code, details) == ("OK", "")
             assert second.result(timeout=20) == ("OK", "")
             assert srv.admission.shed_waiting == 0
+            assert srv.metrics.sample("xsell_shed_total", {"reason": "waited"}) == 0
+            assert srv.metrics.sample("xsell_overloads_total", {"trigger": "slow_queue"}) == 0
         second.result(timeout=20)
     assert stub.Recommend(one_request(facts)).cross_sell  # and the server serves again
 
