@@ -3,12 +3,14 @@ reference baseline numbers (issue 3, "What we measured").
 
     xsell data tafeng --out DATA_DIR
     python benchmarks/bench_quality.py --data DATA_DIR --out REPORT_DIR [--no-model] [--no-ablations]
-        [--label-days N] [--label-windows N] [--anchors-per-basket N] [--before-test] [--compare DIR]
+        [--label-days N] [--label-windows N] [--anchors-per-basket N] [--upsell-uplift-grades T ...]
+        [--before-test] [--compare DIR]
 
 Writes REPORT_DIR/report.{md,json,png} and prints a table: each reference figure, ours with
 its 95% interval, and whether the reference falls inside the interval.
 
-Trainer settings to compare (`--label-days`, `--label-windows`, `--anchors-per-basket`)
+Trainer settings to compare (`--label-days`, `--label-windows`, `--anchors-per-basket`,
+`--upsell-uplift-grades`)
 are best chosen without the test period: `--before-test` drops the last `--test-days`
 days of events first, so the evaluation's test period is the full data's validation
 window and the real test period is never read. `--compare DIR` prints the paired
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label-days", type=int, default=None, help="TrainConfig.label_days (default: --test-days)")
     ap.add_argument("--label-windows", type=int, default=TrainConfig.label_windows)
     ap.add_argument("--anchors-per-basket", type=int, default=TrainConfig.anchors_per_basket)
+    ap.add_argument("--upsell-uplift-grades", type=float, nargs="*", default=list(TrainConfig.upsell_uplift_grades),
+                    help="TrainConfig.upsell_uplift_grades: an accepted up-sell earns a grade more per uplift reached")  # fmt: skip
     ap.add_argument("--before-test", action="store_true",
                     help="evaluate on the events before the last --test-days days (the test period is never read)")
     ap.add_argument("--compare", type=Path, help="an earlier report directory on the same queries")
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
               "(the test period is not read)")  # fmt: skip
     config = TrainConfig(
         seed=args.seed, label_days=args.label_days or args.test_days, label_windows=args.label_windows,
-        anchors_per_basket=args.anchors_per_basket,
+        anchors_per_basket=args.anchors_per_basket, upsell_uplift_grades=tuple(args.upsell_uplift_grades),
     )  # fmt: skip
     report = evaluate(
         dataset, args.out, test_days=args.test_days, valid_days=args.test_days, max_queries=args.max_queries,

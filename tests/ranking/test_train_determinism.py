@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
 from xsell.ranking.model import ModelConfig
 from xsell.ranking.train import TrainConfig, train_bundle
 from xsell.retrieval.artifacts import RetrievalConfig
@@ -69,3 +73,23 @@ def test_bundles_trained_together_equal_bundles_trained_alone(dataset, tmp_path)
         train_bundles(
             dataset, {"a": (tmp_path / "x", cfg), "b": (tmp_path / "y", replace(cfg, seed=1))}
         )
+
+
+@given(
+    st.lists(st.tuples(st.booleans(), st.floats(0.01, 100.0)), min_size=1, max_size=40),
+    st.lists(st.floats(1.0, 10.0), max_size=4, unique=True).map(lambda g: tuple(sorted(g))),
+)
+def test_upsell_labels_grade_accepted_items_by_uplift(cands, grades):
+    """0 for an item not bought; a bought one gets the purchase grade plus one per uplift
+    threshold reached, so among accepted items a bigger trade-up never ranks lower."""
+    from xsell.data.contract import EVENT_GRADES
+    from xsell.ranking.train import upsell_labels
+
+    accepted = np.array([a for a, _ in cands])
+    uplift = np.array([u for _, u in cands])
+    y = upsell_labels(accepted, uplift, grades)
+    for a, u, label in zip(accepted, uplift, y):
+        expected = EVENT_GRADES["purchase"] + sum(u >= t for t in grades) if a else 0
+        assert label == expected
+    order = np.argsort(uplift[accepted], kind="stable")
+    assert np.all(np.diff(y[accepted][order]) >= 0)
