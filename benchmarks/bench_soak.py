@@ -187,13 +187,12 @@ def run(args) -> dict:
 
 
 def admission_events(server_log: Path) -> dict:
-    """What the server's admission logged: overloads entered (by the bound or by a slow
-    queue) and slow queues / full bounds ridden out (arrivals under the slots' time)."""
+    """The overloads the server's admission logged, by what started them: the in-flight
+    bound reached, or a slow standing queue."""
     text = server_log.read_text(errors="replace") if server_log.exists() else ""
     return {
         "overload_by_bound": len(re.findall(r"overloaded: \d+ calls held", text)),
         "overload_by_slow_queue": len(re.findall(r"overloaded: calls waited over", text)),
-        "ridden_out_logged": text.count("not overload, the queue drains"),  # at most 1 a second
     }
 
 
