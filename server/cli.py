@@ -7,7 +7,7 @@ import logging
 
 
 def add_parser(subparsers) -> None:
-    from xsell.server.workers import default_workers
+    from xsell.server.workers import CPU_POLICIES, default_workers
 
     p = subparsers.add_parser(
         "serve",
@@ -66,7 +66,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin workers to cores")
     p.add_argument(
         "--cpu-policy",
-        choices=("batch", "normal"),
+        choices=CPU_POLICIES,
         default="batch",
         help="Linux scheduling policy of the serving processes: batch (SCHED_BATCH: a woken "
         "thread does not preempt the ranking one; see server/README.md) or normal "
