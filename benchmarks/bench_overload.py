@@ -20,8 +20,9 @@ answered. Latency here counts from when a call left; the lag behind the schedule
 reported apart. With `--workers 1` on a 2-core host the server is pinned to CPU 0 and
 the generator to CPU 1; with `--workers 2` the workers share both cores and the
 generator runs on CPU 1 (other jobs on the host take their share too: the load average
-is recorded with every figure). Requests: a request file (`--requests`, from `xsell
-loadtest requests`) or 1-3 item carts of the bundle's items.
+is recorded with every figure); with fewer than 2 CPUs it stops unless `--no-pin`.
+Requests: a request file (`--requests`, from `xsell loadtest requests`) or 1-3 item
+carts of the bundle's items.
 
 `--refusal-cpu N` measures one thing instead: the server CPU per call refused at
 admission (in-process server with its in-flight bound taken, N calls from a client
@@ -54,6 +55,7 @@ import numpy as np
 
 READY = re.compile(r"listening on [^ ]+:(\d+) workers=\d+ pids=([\d,]+)")
 DEADLINE = 2.0
+NO_PIN_HINT = "; --no-pin runs both unpinned"  # bench_soak.py's --no-pin too
 
 
 # ---------------------------------------------------------------- server
@@ -98,6 +100,21 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the server outlives a killed benchmark
         pass
+
+
+def split_cpus(workers: int = 1, *, hint: str = "") -> tuple[set[int], int]:
+    """(the server's CPUs, the generator's CPU) out of this process's, and pins this
+    process, the load generator, to its CPU: the server on the lowest `workers` (the
+    generator's among them when there are no more), the generator on the highest, so the
+    generator's CPU time stays out of the server's figures. Fewer than 2 CPUs: nothing to
+    split, so it exits with a message (`hint`: what to do instead) rather than measure
+    both on one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit(f"needs 2 CPUs, found {len(cpus)}: the server on the lowest, "
+                         f"this load generator on the highest{hint}")  # fmt: skip
+    os.sched_setaffinity(0, {cpus[-1]})
+    return set(cpus[: max(1, workers)]), cpus[-1]
 
 
 def start_server(bundle: str, *, workers: int, threads: int | None, max_in_flight: int | None,
@@ -323,11 +340,7 @@ def recovery_seconds(probes: Calls, baseline_p50_s: float, bin_s: float = 0.5) -
 
 
 def run(args) -> dict:
-    cpus = sorted(os.sched_getaffinity(0))
-    split = len(cpus) >= 2 and not args.no_pin
-    server_cpus = set(cpus[: max(1, args.workers)]) if split else None
-    if split:
-        os.sched_setaffinity(0, {cpus[-1]})  # the generator
+    server_cpus = None if args.no_pin else split_cpus(args.workers, hint=NO_PIN_HINT)[0]
     log_path = Path(args.log)
     server = start_server(args.bundle, workers=args.workers, threads=args.threads,
                           max_in_flight=args.max_in_flight, cpus=server_cpus, log_path=log_path,
@@ -335,7 +348,7 @@ def run(args) -> dict:
     payloads = make_requests(args.bundle, path=args.requests)
     out: dict = {"requests": args.requests, "workers": args.workers, "threads": args.threads, "max_in_flight": args.max_in_flight, "cpu_policy": args.cpu_policy,
                  "factor": args.factor, "seconds": args.seconds, "deadline_s": DEADLINE,
-                 "pinned": split}  # fmt: skip
+                 "pinned": not args.no_pin}  # fmt: skip
     try:
         asyncio.run(open_loop(server.port, payloads, args.probe_rate, 3.0))  # warm-up
         la = loadavg()

@@ -22,20 +22,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_overload import closed_loop, loadavg, make_requests, open_loop, pct, start_server
+from bench_overload import (
+    closed_loop,
+    loadavg,
+    make_requests,
+    open_loop,
+    pct,
+    split_cpus,
+    start_server,
+)
 from bench_soak import _cpu_seconds
 
 POLICIES = ("normal", "batch")
 
 
 def measure(args, policy: str, payloads: list[bytes], rate: float | None) -> dict:
-    server = start_server(args.bundle, workers=1, threads=None, max_in_flight=None, cpus={args.server_cpu},
+    server = start_server(args.bundle, workers=1, threads=None, max_in_flight=None, cpus=args.server_cpus,
                           log_path=Path(args.log), extra=("--cpu-policy", policy))  # fmt: skip
     pid = server.pids[0]
     out: dict = {"policy": policy, "load_avg": loadavg()}
@@ -87,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", default="/tmp/xsell-bench-sched.log", help="server stderr")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    if len(os.sched_getaffinity(0)) < 2:
-        raise SystemExit("needs 2 cores: the server on one, the generator on the other")
-    args.server_cpu = min(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+    args.server_cpus, _ = split_cpus()
     payloads = make_requests(args.bundle, n=5000, path=args.requests)
     runs: list[dict] = []
     rate = args.rate

@@ -3,15 +3,16 @@
 server RSS growth after the warm-up (must stay under 5%).
 
 Same server set-up and load generator as bench_overload.py (one `xsell serve`
-subprocess on 127.0.0.1, pinned to CPU 0 with the generator on CPU 1 when there are
-two; Poisson arrivals, 2 s deadline per call). Balanced: the kernel spreads
-connections, not calls, over the workers (SO_REUSEPORT), so with calls sent over 4 or
-16 connections in turn one worker of 2 often got 60-100% of the load and "70%" of the
-capacity was an overload for it. So each minute the soak opens 16 connections
-(`--channels`), finds the worker behind each (20 calls over it, whose CPU time rose),
-and sends every worker the same share (`--no-balance`: connections in turn). Capacity
-is the closed-loop OK throughput of 16 callers that back off 10 ms when refused. RSS = supervisor + workers, sampled
-every 5 s; growth = (RSS at the end - RSS after `--warmup` s) / RSS after warm-up.
+subprocess on 127.0.0.1, pinned to CPU 0 with the generator on CPU 1, and with fewer
+than 2 CPUs it stops unless `--no-pin`; Poisson arrivals, 2 s deadline per call).
+Balanced: the kernel spreads connections, not calls, over the workers (SO_REUSEPORT),
+so with calls sent over 4 or 16 connections in turn one worker of 2 often got 60-100%
+of the load and "70%" of the capacity was an overload for it. So each minute the soak
+opens 16 connections (`--channels`), finds the worker behind each (20 calls over it,
+whose CPU time rose), and sends every worker the same share (`--no-balance`:
+connections in turn). Capacity is the closed-loop OK throughput of 16 callers that back
+off 10 ms when refused. RSS = supervisor + workers, sampled every 5 s; growth = (RSS at
+the end - RSS after `--warmup` s) / RSS after warm-up.
 
 Usage:
     python benchmarks/bench_soak.py --bundle DIR [--requests FILE] [--workers 1]
@@ -32,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_overload import (
+    NO_PIN_HINT,
     Sampler,
     _stub,
     closed_loop,
@@ -39,6 +41,7 @@ from bench_overload import (
     make_requests,
     open_loop,
     pct,
+    split_cpus,
     start_server,
 )
 
@@ -88,12 +91,9 @@ def balanced_pick(owners: list[int]):
 
 
 def run(args) -> dict:
-    cpus = sorted(os.sched_getaffinity(0))
-    split = len(cpus) >= 2 and not args.no_pin
-    if split:
-        os.sched_setaffinity(0, {cpus[-1]})
+    server_cpus = None if args.no_pin else split_cpus(args.workers, hint=NO_PIN_HINT)[0]
     server = start_server(args.bundle, workers=args.workers, threads=args.threads, max_in_flight=None,
-                          cpus=set(cpus[: args.workers]) if split else None, log_path=Path(args.log))  # fmt: skip
+                          cpus=server_cpus, log_path=Path(args.log))  # fmt: skip
     payloads = make_requests(args.bundle, n=5000, path=args.requests)
     out: dict = {
         "requests": args.requests,
@@ -101,7 +101,7 @@ def run(args) -> dict:
         "threads": args.threads,
         "minutes": args.minutes,
         "channels": args.channels,
-        "pinned": split,
+        "pinned": not args.no_pin,
     }
     try:
         asyncio.run(open_loop(server.port, payloads, 20, 3.0))  # warm-up

@@ -21,7 +21,6 @@ import asyncio
 import glob
 import json
 import multiprocessing as mp
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_overload import make_requests, open_loop, pct, start_server
+from bench_overload import make_requests, open_loop, pct, split_cpus, start_server
 
 BIN = 0.05  # s: the time resolution of the episode figures
 
@@ -111,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", default="/tmp/xsell-probe-sched.log")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        raise SystemExit("needs 2 cores: the worker on one, the generator and sampler on the other")
-    server_cpu, own_cpu = cpus[0], cpus[-1]
-    os.sched_setaffinity(0, {own_cpu})
+    (server_cpu,), _ = split_cpus()  # the sampler process inherits the generator's CPU
     server = start_server(args.bundle, workers=1, threads=None, max_in_flight=None, cpus={server_cpu},
                           log_path=Path(args.log), extra=("--cpu-policy", args.cpu_policy))  # fmt: skip
     pid = server.pids[0]
