@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anchors-per-basket", type=int, default=TrainConfig.anchors_per_basket)
     ap.add_argument("--upsell-uplift-grades", type=float, nargs="*", default=list(TrainConfig.upsell_uplift_grades),
                     help="TrainConfig.upsell_uplift_grades: an accepted up-sell earns a grade more per uplift reached")  # fmt: skip
+    ap.add_argument("--disable-groups", nargs="*", default=list(TrainConfig.disabled_feature_groups),
+                    help=f"feature groups left out of the model (default {list(TrainConfig.disabled_feature_groups)})")
     ap.add_argument("--before-test", action="store_true",
                     help="evaluate on the events before the last --test-days days (the test period is never read)")
     ap.add_argument("--compare", type=Path, help="an earlier report directory on the same queries")
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(
         seed=args.seed, label_days=args.label_days or args.test_days, label_windows=args.label_windows,
         anchors_per_basket=args.anchors_per_basket, upsell_uplift_grades=tuple(args.upsell_uplift_grades),
+        disabled_feature_groups=tuple(args.disable_groups),
     )  # fmt: skip
     report = evaluate(
         dataset, args.out, test_days=args.test_days, valid_days=args.test_days, max_queries=args.max_queries,

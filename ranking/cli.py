@@ -28,6 +28,9 @@ def _timestamp(text: str) -> int:
 
 
 def add_parser(sub) -> None:
+    from .features import GROUPS
+    from .train import TrainConfig
+
     p = sub.add_parser("train", help="train a model bundle from events + catalog",
                        description="Train retrieval artifacts and LambdaRank models; write one versioned bundle.")
     p.add_argument("--events", required=True, type=Path, help="events file (.csv or .parquet)")
@@ -41,6 +44,9 @@ def add_parser(sub) -> None:
     p.add_argument("--label-windows", type=positive_int, default=None,
                    help="consecutive label windows of --label-days, latest first, each with the history before it "
                         "(default 2; an earlier window needs --label-days of history before it, else it is skipped)")
+    p.add_argument("--disable-feature-groups", nargs="*", choices=GROUPS, default=None, metavar="GROUP",
+                   help=f"feature groups the model leaves out, any of {', '.join(GROUPS)} (default "
+                        f"{' '.join(TrainConfig.disabled_feature_groups)}; none given: every group)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train)
 
@@ -70,6 +76,8 @@ def _train(args) -> int:
     cfg = replace(TrainConfig(), label_days=args.label_days, seed=args.seed)
     if args.label_windows is not None:
         cfg = replace(cfg, label_windows=args.label_windows)
+    if args.disable_feature_groups is not None:
+        cfg = replace(cfg, disabled_feature_groups=tuple(args.disable_feature_groups))
     out = train_bundle(data, args.out, cfg, until=args.until, overwrite=args.overwrite)
     size = sum(p.stat().st_size for p in out.iterdir())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -97,6 +97,13 @@ def reason_text(
         return f"this shopper re-buys {value * 100:.0f}% of their items"
     if name == "knn_score":
         return "bought by shoppers with purchases like this shopper's"
+    if name == "segment_item_lift":
+        return f"shoppers like this one (same {_segment_words(arts)}) buy it {math.exp(value):.1f}x as often as average"
+    if name == "segment_cat_lift":
+        return f"shoppers like this one buy in {item_cat} {math.exp(value):.1f}x as often as average"
+    if name == "price_pct_vs_segment_cat":
+        where = "above" if value > 0 else "below"
+        return f"{abs(value) * 100:.0f} percentile points {where} what shoppers like this one pay in {item_cat}"
     if name == "margin_rate":
         return f"margin {value * 100:.0f}%"
     if name == "n_anchors":
@@ -107,6 +114,10 @@ def reason_text(
     if name.startswith("src_"):
         return source_phrase(name[4:], anchor_id, anchor_cat)
     return f"{name} = {value:.3g}"
+
+
+def _segment_words(arts: Artifacts) -> str:
+    return " and ".join(arts.segments.columns) if arts.segments is not None else "segment"
 
 
 def top_reasons(

@@ -10,7 +10,8 @@ Every feature is a function of its own row (no statistic across the candidates):
 serving computes one matrix over both strategies' candidates of a request.
 
 Groups matter for ablations: "price" (uplift and price level) and "complement"
-(category complementarity) can be switched off at training time.
+(category complementarity) can be switched off at training time; "neighbours" and
+"segment" are off unless `TrainConfig.disabled_feature_groups` turns them on.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from xsell.errors import BundleError
 from xsell.retrieval.artifacts import Artifacts
 from xsell.retrieval.candidates import SOURCE_BIT
 from xsell.retrieval.pairs import pair_lookup
+from xsell.retrieval.segments import log_lift
 
 F32 = np.float32
 
@@ -133,6 +135,15 @@ class PairBatch:
     def user_cat_counts(self) -> np.ndarray:
         return sparse_lookup(self.arts.user_cat_counts, self.user, self.cand_cat)
 
+    @cached_property
+    def segment_rows(self) -> np.ndarray:
+        """The shopper's rows in the segment table (empty: no table, unknown shopper or segment)."""
+        seg = self.arts.segments
+        return seg.rows_of(self.user) if seg is not None else np.empty(0, dtype=np.int64)
+
+    def nan(self) -> np.ndarray:
+        return np.full(len(self.items), np.nan, dtype=F32)
+
     def user_value(self, array: np.ndarray) -> np.ndarray:
         value = array[self.user] if self.user >= 0 else np.nan
         return np.full(len(self.items), value, dtype=F32)
@@ -182,7 +193,7 @@ def _price_pct_vs_user_cat(b: PairBatch) -> np.ndarray:
 
 def _user_cat_share(b: PairBatch) -> np.ndarray:
     if b.user < 0:
-        return np.full(len(b.items), np.nan, dtype=F32)
+        return b.nan()
     lo, hi = b.arts.user_counts.indptr[b.user], b.arts.user_counts.indptr[b.user + 1]
     total = b.arts.user_counts.data[lo:hi].sum()
     return (b.user_cat_counts / max(total, 1.0)).astype(F32)
@@ -190,8 +201,40 @@ def _user_cat_share(b: PairBatch) -> np.ndarray:
 
 def _emb_user(b: PairBatch) -> np.ndarray:
     if b.user < 0:
-        return np.full(len(b.items), np.nan, dtype=F32)
+        return b.nan()
     return b.arts.item_bias_factors[b.items] @ b.arts.user_factors[b.user]
+
+
+def _segment_item_lift(b: PairBatch) -> np.ndarray:
+    rows = b.segment_rows
+    if not len(rows):
+        return b.nan()
+    seg = b.arts.segments
+    counts = pair_lookup(seg.item_baskets, rows[:, None], b.items[None, :], rows)
+    share = b.arts.popularity[b.items] / max(seg.n_baskets, 1.0)
+    return log_lift(counts, seg.baskets[rows][:, None], share[None, :]).sum(axis=0).astype(F32)
+
+
+def _segment_cat_lift(b: PairBatch) -> np.ndarray:
+    rows = b.segment_rows
+    if not len(rows):
+        return b.nan()
+    seg = b.arts.segments
+    counts = seg.cat_baskets[rows][:, b.cand_cat]
+    share = b.arts.complements.basket_share[b.cand_cat]
+    return log_lift(counts, seg.baskets[rows][:, None], share[None, :]).sum(axis=0).astype(F32)
+
+
+def _price_pct_vs_segment_cat(b: PairBatch) -> np.ndarray:
+    rows = b.segment_rows
+    if not len(rows):
+        return b.nan()
+    levels = b.arts.segments.cat_price[rows][:, b.cand_cat]  # NaN: too few purchases there
+    known = ~np.isnan(levels)
+    n = known.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(known, levels, 0.0).sum(axis=0) / n
+    return np.where(n > 0, b.arts.price_pct[b.items] - mean, np.nan).astype(F32)
 
 
 def _source(name: str) -> Callable[[PairBatch], np.ndarray]:
@@ -266,6 +309,14 @@ FEATURES: tuple[Feature, ...] = (
             lambda b: sparse_lookup(b.arts.user_knn, b.user, b.items)),
     Feature("user_baskets_log", "user", "log(1 + shopper's baskets)",
             lambda b: np.log1p(b.user_value(b.arts.user_baskets))),
+    # segment: who the shopper is (the users table's columns), summed over the columns
+    Feature("segment_item_lift", "segment", "log lift of the candidate in the baskets of the shopper's segments",
+            _segment_item_lift),
+    Feature("segment_cat_lift", "segment", "log lift of the candidate's category in the shopper's segments",
+            _segment_cat_lift),
+    Feature("price_pct_vs_segment_cat", "segment",
+            "candidate price percentile minus the mean percentile the shopper's segments buy in its category",
+            _price_pct_vs_segment_cat),
     # margin
     Feature("margin_rate", "margin", "(price - cost) / price of the candidate; NaN = unknown cost",
             lambda b: b.arts.margin[b.items]),

@@ -60,8 +60,12 @@ class TrainConfig:
     # per query: the top half by retrieval score + a seeded random rest. Large: sampling
     # to 60 cost 0.02 NDCG@10 on Ta-Feng's cross-sell (the ranker must see the low-score tail).
     max_negatives: int = 400
-    # ablations: e.g. ("price",) or ("complement",); "neighbours" is off with the KNN score
-    disabled_feature_groups: tuple[str, ...] = ("neighbours",)
+    # ablations: e.g. ("price",) or ("complement",); "neighbours" is off with the KNN score;
+    # "segment" (the users table's columns) is off: without the test period (bench_quality
+    # --before-test, 5,000 queries, seeds 0 / 1, paired against no segment features) it gave
+    # cross-sell -0.0014 / -0.0002, new to shopper +0.0013 / -0.0005, up-sell +0.0065* /
+    # +0.0018 NDCG@10: no consistent gain (README, "Quality")
+    disabled_feature_groups: tuple[str, ...] = ("neighbours", "segment")
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -74,9 +78,11 @@ def data_fingerprint(data: Dataset) -> str:
     h = hashlib.sha256()
     for frame, cols in (
         (data.events, ["user_id", "item_id", "timestamp", "event_type", "quantity", "unit_price", "basket_id"]),
-        (data.catalog, ["item_id", "category", "price", "in_stock"]),
+        (data.catalog, ["item_id", "category", "price", "cost", "in_stock"]),
     ):
         h.update(pd.util.hash_pandas_object(frame[cols], index=False).to_numpy().tobytes())
+    if data.users is not None:  # its segment columns are features
+        h.update(pd.util.hash_pandas_object(data.users, index=False).to_numpy().tobytes())
     return h.hexdigest()
 
 

@@ -24,6 +24,8 @@ from .ann import AnnIndex, build_index
 from .cooccurrence import ComplementTable, category_complements, copurchase_counts
 from .mf import normalize_rows, train_als
 from .pairs import by_value_within_rows
+from .segments import FILE as SEGMENTS_FILE
+from .segments import SegmentTable, build_segments
 from .item_neighbours import annoy_neighbours, exact_neighbours
 from .shopper import decayed_vectors, neighbour_scores, repeat_rates, switch_counts, user_category_mean
 from .vocab import Vocabulary
@@ -93,6 +95,7 @@ class Artifacts:
     cut_day: int  # day index (epoch days) of the data cut-off
     ann: AnnIndex | None = None
     item_neighbours: np.ndarray | None = None  # int32 (n_items, k) nearest items, best first; -1 pads
+    segments: SegmentTable | None = None  # the users table's segments; None = no users table
     meta: dict = field(default_factory=dict)
     complement_cache: dict = field(default_factory=dict)  # per-category results (see candidates.py)
 
@@ -155,6 +158,9 @@ class Artifacts:
         if self.item_neighbours is not None:
             np.save(out / "item_neighbours.npy", self.item_neighbours)
             written.append("item_neighbours.npy")
+        if self.segments is not None:
+            self.segments.save(out / SEGMENTS_FILE)
+            written.append(SEGMENTS_FILE)
         return written
 
     @classmethod
@@ -191,6 +197,10 @@ class Artifacts:
             if arts.item_neighbours.shape[0] != len(arts.items) or arts.item_neighbours.dtype != np.int32:
                 raise ValueError(f"item_neighbours.npy has shape {arts.item_neighbours.shape} {arts.item_neighbours.dtype}, "
                                  f"expected ({len(arts.items)}, k) int32")  # fmt: skip
+        if (out / SEGMENTS_FILE).is_file():  # trained with a users table
+            arts.segments = SegmentTable.load(out / SEGMENTS_FILE)
+            if arts.segments.user_rows.shape[0] != len(arts.users) or arts.segments.item_baskets.shape[1] != len(arts.items):
+                raise ValueError(f"{SEGMENTS_FILE} does not match the user and item vocabularies")
         if ann_file is not None:
             arts.ann = AnnIndex(out / ann_file, item_factors.shape[1], search_k=search_k, warm=warm)
         if warm:
@@ -267,7 +277,7 @@ def build_artifacts(
     in_stock = catalog["in_stock"].to_numpy(dtype=bool)
 
     # Popularity and recency, counted in baskets (a 12-pack is one decision).
-    pb = pd.DataFrame({"i": item_code, "b": basket_code, "d": day}).drop_duplicates(["i", "b"])
+    pb = pd.DataFrame({"i": item_code, "b": basket_code, "d": day, "u": user_code}).drop_duplicates(["i", "b"])
     popularity = np.bincount(pb["i"], minlength=n_items).astype(np.float32)
     recent = pb[pb["d"].to_numpy() >= cut_day - config.recent_days]
     recent_popularity = np.bincount(recent["i"], minlength=n_items).astype(np.float32)
@@ -310,6 +320,10 @@ def build_artifacts(
     user_price_level[lvl.index.to_numpy()] = lvl.to_numpy(dtype=np.float32)
     ub = pd.DataFrame({"u": user_code, "b": basket_code}).drop_duplicates()
     user_baskets = np.bincount(ub["u"], minlength=n_users).astype(np.float32)
+    segments = None if data.users is None else build_segments(
+        data.users, users.ids.tolist(), pb.assign(c=item_category[pb["i"].to_numpy()]),
+        pd.DataFrame({"u": pu, "c": item_category[pi], "pct": price_pct[pi]}), n_items, n_cat, log=log,
+    )  # fmt: skip
     log(f"  retrieval: item and shopper statistics ({time.perf_counter() - t0:.1f}s)")
 
     copurchase = copurchase_counts(basket_code, item_code, n_items, top_n=config.copurchase_top_n)
@@ -348,7 +362,7 @@ def build_artifacts(
         switches=switches, user_cat_price=user_cat_price,
         popular_items=_popular(popularity, in_stock),
         popular_by_category=_popular_by_category(popularity, in_stock, item_category, n_cat),
-        cut_day=cut_day, meta={"config": config.__dict__},
+        cut_day=cut_day, meta={"config": config.__dict__}, segments=segments,
     )  # fmt: skip
     if ann_path is not None:
         build_index(arts.item_factors, ann_path, n_trees=config.n_trees, seed=config.seed)

@@ -78,3 +78,22 @@ def test_train_cli_states_the_default_and_refuses_zero_windows(capsys):
         parser.parse_args(["train", "--events", "e.csv", "--catalog", "c.csv", "--out", "b", "--label-windows", "0"])
     assert exc.value.code == 2
     assert "--label-windows: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_train_cli_feature_groups_default_to_the_config_and_refuse_unknown_names(capsys):
+    from xsell.cli import build_parser
+    from xsell.ranking.train import TrainConfig
+
+    parser = build_parser()
+    base = ["train", "--events", "e.csv", "--catalog", "c.csv", "--out", "b"]
+    assert parser.parse_args(base).disable_feature_groups is None  # -> TrainConfig's default
+    assert parser.parse_args([*base, "--disable-feature-groups"]).disable_feature_groups == []
+    assert parser.parse_args([*base, "--disable-feature-groups", "price", "segment"]).disable_feature_groups == [
+        "price", "segment"]  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args([*base, "--disable-feature-groups", "prices"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'prices'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    assert f"(default {' '.join(TrainConfig.disabled_feature_groups)};" in " ".join(capsys.readouterr().out.split())
