@@ -64,6 +64,21 @@ def test_event_volume_follows_events_per_user():
         assert 0.8 < n / (SMALL["n_users"] * epu) < 1.2
 
 
+def test_anchors_mean_sets_the_basket_size_not_the_event_volume():
+    """bench_shops.py's "big baskets" shop: more items per basket, about the same events."""
+    from xsell.errors import DataError
+
+    sizes, volumes = [], []
+    for anchors in (0.5, 1.2, 4.0):
+        ev = generate_frames(**SMALL, seed=1, anchors_mean=anchors).events
+        sizes.append(ev[ev["event_type"] == "purchase"].groupby("basket_id")["item_id"].nunique().mean())
+        volumes.append(len(ev))
+    assert sizes[0] < sizes[1] < sizes[2] and sizes[2] > 2 * sizes[1]
+    assert max(volumes) / min(volumes) < 1.3
+    with pytest.raises(DataError, match="anchors_mean"):
+        generate_frames(**SMALL, anchors_mean=-1.0)
+
+
 def test_planted_complements_cooccur_far_above_chance(shop, purchases):
     lift = category_lift(purchases)
     planted = shop.truth.complement_of

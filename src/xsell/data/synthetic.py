@@ -56,11 +56,14 @@ UPGRADER_SHARE = 0.30  # of users below the top level
 OUT_OF_STOCK_SHARE = 0.03
 ZIPF_S = 1.1
 START = 1_704_067_200  # 2024-01-01T00:00:00Z
-_ANCHORS_MEAN = 1.2  # anchors per basket = 1 + Poisson(this)
+ANCHORS_MEAN = 1.2  # anchors per basket = 1 + Poisson(this): the basket size knob
 _VIEWS_MEAN = 1.5  # views per basket
 _P_CART = 0.3  # chance a bought line was first put in the cart as its own event
-# expected events per basket, to turn events_per_user into baskets per user
-_EVENTS_PER_BASKET = (1 + _ANCHORS_MEAN) * (1 + P_COMPLEMENT) * (1 + _P_CART) + _VIEWS_MEAN
+
+
+def _events_per_basket(anchors_mean: float) -> float:
+    """Expected events per basket, to turn events_per_user into baskets per user."""
+    return (1 + anchors_mean) * (1 + P_COMPLEMENT) * (1 + _P_CART) + _VIEWS_MEAN
 
 
 def category_name(index: int) -> str:
@@ -144,11 +147,14 @@ def generate_frames(
     days: int = 120,
     seed: int = 0,
     events_per_user: float = 40.0,
+    anchors_mean: float = ANCHORS_MEAN,
 ) -> SyntheticData:
     """Generate events, catalog, users (contract dtypes) and the planted truth, in memory.
 
     `events_per_user` is the mean number of events (all types) per user; the total is
-    about n_users * events_per_user. Same arguments -> identical frames.
+    about n_users * events_per_user. `anchors_mean` sets the basket size: a basket is
+    for 1 + Poisson(anchors_mean) categories, each pulling in its complement with
+    probability P_COMPLEMENT. Same arguments -> identical frames.
     """
     if (
         n_categories < 2
@@ -156,11 +162,12 @@ def generate_frames(
         or n_users < 1
         or days < 1
         or events_per_user <= 0
+        or anchors_mean < 0
     ):
         raise DataError(
             "need n_categories >= 2, n_items >= n_categories, n_users >= 1, days >= 1, "
-            f"events_per_user > 0; got {n_categories=}, {n_items=}, {n_users=}, {days=}, "
-            f"{events_per_user=}"
+            f"events_per_user > 0, anchors_mean >= 0; got {n_categories=}, {n_items=}, "
+            f"{n_users=}, {days=}, {events_per_user=}, {anchors_mean=}"
         )
     rng = np.random.default_rng(seed)
     n_tiers = len(TIER_NAMES)
@@ -207,14 +214,16 @@ def generate_frames(
     segment = np.where(rng.random(n_users) < 0.85, level, rng.integers(0, n_tiers, n_users))
 
     # ---- baskets
-    n_baskets_u = np.maximum(1, rng.poisson(events_per_user / _EVENTS_PER_BASKET * activity))
+    n_baskets_u = np.maximum(
+        1, rng.poisson(events_per_user / _events_per_basket(anchors_mean) * activity)
+    )
     b_user = np.repeat(np.arange(n_users), n_baskets_u)
     n_b = len(b_user)
     b_day = rng.integers(0, days, n_b)
     b_start = START + b_day * 86_400 + rng.integers(8 * 3600, 21 * 3600, n_b)
 
     # anchor lines: categories a basket is "for"; each may pull in its complement
-    k = 1 + rng.poisson(_ANCHORS_MEAN, n_b)
+    k = 1 + rng.poisson(anchors_mean, n_b)
     a_b = np.repeat(np.arange(n_b), k)
     fav_pick = favs[b_user[a_b], rng.integers(0, N_FAVOURITES, len(a_b))]
     a_cat = np.where(
