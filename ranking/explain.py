@@ -62,6 +62,12 @@ def reason_text(
         return f"{value * 100:.0f}% of this shopper's purchases are in {item_cat}"
     if name == "user_baskets_log":
         return f"a shopper with {math.expm1(value):.0f} past baskets"
+    if name == "price_pct_vs_user_recent":
+        return "in this shopper's recent price range" if abs(value) < 0.25 else (
+            f"{'above' if value > 0 else 'below'} this shopper's recent price range")  # fmt: skip
+    if name == "user_price_trend":
+        return "a shopper trading up lately" if value > 0.05 else (
+            "a shopper trading down lately" if value < -0.05 else "a shopper keeping to their price range")  # fmt: skip
     if name in ("price_pct_vs_user", "user_price_level"):
         return "in this shopper's usual price range" if abs(value) < 0.25 else "outside this shopper's usual price range"
     if name in ("cand_price_pct", "anchor_price_pct"):

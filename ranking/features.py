@@ -10,8 +10,8 @@ Every feature is a function of its own row (no statistic across the candidates):
 serving computes one matrix over both strategies' candidates of a request.
 
 Groups matter for ablations: "price" (uplift and price level) and "complement"
-(category complementarity) can be switched off at training time; "neighbours" and
-"segment" are off unless `TrainConfig.disabled_feature_groups` turns them on.
+(category complementarity) can be switched off at training time; "neighbours",
+"segment" and "trend" are off unless `TrainConfig.disabled_feature_groups` turns them on.
 """
 
 from __future__ import annotations
@@ -254,6 +254,11 @@ FEATURES: tuple[Feature, ...] = (
             lambda b: b.user_value(b.arts.user_price_level)),
     Feature("price_pct_vs_user", "price", "candidate price percentile minus the shopper's price level",
             lambda b: b.arts.price_pct[b.items] - b.user_value(b.arts.user_price_level)),
+    Feature("price_pct_vs_user_recent", "trend",
+            "candidate price percentile minus the shopper's recent price level (decayed per later basket)",
+            lambda b: b.arts.price_pct[b.items] - b.user_value(b.arts.user_recent_price_level)),
+    Feature("user_price_trend", "trend", "shopper's recent price level minus their overall one (> 0: trading up)",
+            lambda b: b.user_value(b.arts.user_recent_price_level) - b.user_value(b.arts.user_price_level)),
     Feature("log_price", "price", "log(1 + candidate price)",
             lambda b: np.log1p(b.arts.price[b.items]).astype(F32)),
     Feature("price_pct_vs_user_cat", "price",

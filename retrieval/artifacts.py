@@ -27,7 +27,7 @@ from .pairs import by_value_within_rows
 from .segments import FILE as SEGMENTS_FILE
 from .segments import SegmentTable, build_segments
 from .item_neighbours import annoy_neighbours, exact_neighbours
-from .shopper import decayed_vectors, neighbour_scores, repeat_rates, switch_counts, user_category_mean
+from .shopper import decayed_vectors, neighbour_scores, recent_mean, repeat_rates, switch_counts, user_category_mean
 from .vocab import Vocabulary
 
 DAY = 86_400
@@ -96,6 +96,8 @@ class Artifacts:
     ann: AnnIndex | None = None
     item_neighbours: np.ndarray | None = None  # int32 (n_items, k) nearest items, best first; -1 pads
     segments: SegmentTable | None = None  # the users table's segments; None = no users table
+    # float32 (n_users,) basket-decayed mean price_pct of purchases, NaN = none; None: a bundle from before it
+    user_recent_price_level: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
     complement_cache: dict = field(default_factory=dict)  # per-category results (see candidates.py)
 
@@ -128,6 +130,8 @@ class Artifacts:
         "item_repeat_rate", "user_repeat_rate",
     )  # fmt: skip
 
+    OPTIONAL_ARRAYS = ("user_recent_price_level",)  # in stats.npz when built; older bundles lack them
+
     SPARSE = ("user_counts", "user_last_day", "user_cat_counts", "copurchase", "user_first_day", "user_decay", "user_knn",
               "switches", "user_cat_price")
 
@@ -137,7 +141,8 @@ class Artifacts:
         self.items.save(out / "items.json")
         self.users.save(out / "users.json")
         self.categories.save(out / "categories.json")
-        np.savez(out / "stats.npz", **{k: getattr(self, k) for k in self.ARRAYS})
+        optional = {k: getattr(self, k) for k in self.OPTIONAL_ARRAYS if getattr(self, k) is not None}
+        np.savez(out / "stats.npz", **{k: getattr(self, k) for k in self.ARRAYS}, **optional)
         np.save(out / "item_factors.npy", self.item_factors)
         np.save(out / "item_bias_factors.npy", self.item_bias_factors)
         np.save(out / "user_factors.npy", self.user_factors)
@@ -191,6 +196,7 @@ class Artifacts:
             cut_day=int(meta["cut_day"]),
             meta={k: v for k, v in meta.items() if k not in ("cut_day", "n_baskets")},
             **{k: stats[k] for k in cls.ARRAYS},
+            **{k: stats[k] for k in cls.OPTIONAL_ARRAYS if k in stats},
         )
         if (out / "item_neighbours.npy").is_file():  # bundles before the table use Annoy per request
             arts.item_neighbours = np.load(out / "item_neighbours.npy", allow_pickle=False)
@@ -318,6 +324,7 @@ def build_artifacts(
     lvl = pd.Series(price_pct[pi]).groupby(pu).mean()
     user_price_level = np.full(n_users, np.nan, dtype=np.float32)
     user_price_level[lvl.index.to_numpy()] = lvl.to_numpy(dtype=np.float32)
+    user_recent_price_level = recent_mean(pu, basket_code[is_purchase], pd_, price_pct[pi].astype(np.float64), n_users)
     ub = pd.DataFrame({"u": user_code, "b": basket_code}).drop_duplicates()
     user_baskets = np.bincount(ub["u"], minlength=n_users).astype(np.float32)
     segments = None if data.users is None else build_segments(
@@ -363,6 +370,7 @@ def build_artifacts(
         popular_items=_popular(popularity, in_stock),
         popular_by_category=_popular_by_category(popularity, in_stock, item_category, n_cat),
         cut_day=cut_day, meta={"config": config.__dict__}, segments=segments,
+        user_recent_price_level=user_recent_price_level,
     )  # fmt: skip
     if ann_path is not None:
         build_index(arts.item_factors, ann_path, n_trees=config.n_trees, seed=config.seed)

@@ -20,14 +20,33 @@ def decayed_vectors(user: np.ndarray, item: np.ndarray, basket: np.ndarray, day:
     decay ** (baskets the shopper made after that one). The decay counts the shopper's
     own baskets, not days, so it adapts to how often each shopper comes back."""
     df = pd.DataFrame({"u": user, "i": item, "b": basket, "d": day}).drop_duplicates(["u", "i", "b"])
-    ub = df[["u", "b", "d"]].drop_duplicates(["u", "b"]).sort_values(["d", "b"], ascending=False, kind="stable")
-    ub["r"] = ub.groupby("u").cumcount()
-    r = df["b"].map(pd.Series(ub["r"].to_numpy(), index=ub["b"].to_numpy())).to_numpy()
+    r = basket_recency(df["u"].to_numpy(), df["b"].to_numpy(), df["d"].to_numpy())
     m = sp.csr_matrix(((decay ** r).astype(np.float32), (df["u"].to_numpy(), df["i"].to_numpy())),
                       shape=(n_users, n_items))  # fmt: skip
     m.sum_duplicates()
     m.sort_indices()
     return m
+
+
+def basket_recency(user: np.ndarray, basket: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Per row: how many of the shopper's baskets came after the row's basket (0 = their
+    latest; baskets of one day in basket id order). A basket belongs to one shopper."""
+    ub = pd.DataFrame({"u": user, "b": basket, "d": day}).drop_duplicates(["u", "b"])
+    ub = ub.sort_values(["d", "b"], ascending=False, kind="stable")
+    ub["r"] = ub.groupby("u").cumcount()
+    return pd.Series(basket).map(pd.Series(ub["r"].to_numpy(), index=ub["b"].to_numpy())).to_numpy()
+
+
+def recent_mean(user: np.ndarray, basket: np.ndarray, day: np.ndarray, value: np.ndarray, n_users: int,
+                decay: float = BASKET_DECAY) -> np.ndarray:
+    """(n_users,) mean of `value` over the shopper's rows, each weighted decay ** (the
+    shopper's baskets after it): where the shopper is now, not on average (a shopper
+    trading up has a recent price level above their overall one). NaN = no rows."""
+    w = decay ** basket_recency(user, basket, day).astype(np.float64)
+    num = np.bincount(user, weights=w * value, minlength=n_users)
+    den = np.bincount(user, weights=w, minlength=n_users)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan).astype(np.float32)
 
 
 def repeat_rates(user_counts: sp.csr_matrix, prior: float = REPEAT_PRIOR) -> tuple[np.ndarray, np.ndarray]:

@@ -9,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xsell.retrieval.shopper import (
+    basket_recency,
     decayed_vectors,
     neighbour_scores,
+    recent_mean,
     repeat_rates,
     switch_counts,
     top_per_row,
@@ -93,3 +95,42 @@ def test_neighbour_scores_keep_at_most_keep_items(keep):
 
 def test_neighbour_scores_are_off_with_k_zero():
     assert neighbour_scores(sp.csr_matrix(np.ones((3, 2), np.float32)), k=0).nnz == 0
+
+
+def test_basket_recency_counts_the_shoppers_later_baskets():
+    # shopper 0: baskets 10 (day 1), 11 (day 5, two rows), 12 (day 5: same day, higher id = later);
+    # shopper 1: basket 20 (day 2)
+    user = np.array([0, 0, 0, 0, 1])
+    basket = np.array([10, 11, 11, 12, 20])
+    day = np.array([1, 5, 5, 5, 2])
+    np.testing.assert_array_equal(basket_recency(user, basket, day), [2, 1, 1, 0, 0])
+
+
+def test_recent_mean_weights_the_latest_baskets_most():
+    # shopper 0 bought at level 0.2 long ago and 0.8 in the latest basket; shopper 1 nothing
+    user = np.array([0, 0, 0])
+    basket = np.array([1, 2, 3])
+    day = np.array([1, 2, 3])
+    value = np.array([0.2, 0.2, 0.8])
+    level = recent_mean(user, basket, day, value, n_users=2, decay=0.5)
+    np.testing.assert_allclose(level[0], (0.8 + 0.5 * 0.2 + 0.25 * 0.2) / 1.75, rtol=1e-6)
+    assert level[0] > value.mean()  # trading up: the recent level is above the plain mean
+    assert np.isnan(level[1])
+    np.testing.assert_allclose(recent_mean(user, basket, day, value, n_users=2, decay=1.0)[0], value.mean(), rtol=1e-6)
+
+
+def test_artifacts_from_before_the_recent_price_level_still_load(dataset, tmp_path):
+    """A bundle written before `user_recent_price_level` existed has no such array in
+    stats.npz; it loads (its models do not use the features that need it)."""
+    from xsell.retrieval.artifacts import Artifacts, build_artifacts
+
+    arts = build_artifacts(dataset, log=lambda *_: None)
+    assert arts.user_recent_price_level is not None
+    assert np.nanmean(np.abs(arts.user_recent_price_level - arts.user_price_level)) > 0
+    arts.save(tmp_path)
+    back = Artifacts.load(tmp_path, ann_file=None)
+    np.testing.assert_array_equal(back.user_recent_price_level, arts.user_recent_price_level)
+    stats = dict(np.load(tmp_path / "stats.npz"))
+    del stats["user_recent_price_level"]
+    np.savez(tmp_path / "stats.npz", **stats)
+    assert Artifacts.load(tmp_path, ann_file=None).user_recent_price_level is None
