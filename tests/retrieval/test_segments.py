@@ -31,9 +31,9 @@ def _tiny():
     return users, basket_items, purchases
 
 
-def test_counts_rows_and_unknowns_by_hand():
+def _tiny_table():
     users, basket_items, purchases = _tiny()
-    seg = build_segments(
+    return build_segments(
         users,
         ["u0", "u1", "u2"],
         basket_items,
@@ -42,6 +42,10 @@ def test_counts_rows_and_unknowns_by_hand():
         n_categories=2,
         log=lambda *_: None,
     )
+
+
+def test_counts_rows_and_unknowns_by_hand():
+    seg = _tiny_table()
     assert seg.columns == ("area", "age")
     assert seg.values == (("A", "B"), ("X", "Y"))
     # rows: area A=0, B=1; age X=2, Y=3. u1's age is empty, u2 is not in the users table
@@ -78,16 +82,7 @@ def test_a_column_with_too_many_values_is_skipped_and_said():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    users, basket_items, purchases = _tiny()
-    seg = build_segments(
-        users,
-        ["u0", "u1", "u2"],
-        basket_items,
-        purchases,
-        n_items=3,
-        n_categories=2,
-        log=lambda *_: None,
-    )
+    seg = _tiny_table()
     seg.save(tmp_path / "segments.npz")
     back = SegmentTable.load(tmp_path / "segments.npz")
     assert (back.columns, back.values, back.n_baskets) == (seg.columns, seg.values, seg.n_baskets)
