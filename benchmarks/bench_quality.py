@@ -20,6 +20,7 @@ per-query NDCG@10 difference of the model to an earlier report on the same queri
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import os
 import platform
 import sys
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--max-queries", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model-seed", type=int, default=None,
+                    help="seed of the trainer's sampling, ALS and LightGBM (default: --seed for the sampling, "
+                         "0 for ALS and LightGBM): another model on the same queries, i.e. the training noise")
     ap.add_argument("--no-model", action="store_true", help="baselines only")
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument(
@@ -103,10 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--before-test: {len(split.train):,} events up to {split.summary()['test_start']} "
               "(the test period is not read)")  # fmt: skip
     config = TrainConfig(
-        seed=args.seed, label_days=args.label_days or args.test_days, label_windows=args.label_windows,
+        seed=args.seed,
+        label_days=args.label_days or args.test_days, label_windows=args.label_windows,
         anchors_per_basket=args.anchors_per_basket, upsell_uplift_grades=tuple(args.upsell_uplift_grades),
         disabled_feature_groups=tuple(args.disable_groups),
     )  # fmt: skip
+    if args.model_seed is not None:
+        s = args.model_seed
+        config = replace(config, seed=s, model=replace(config.model, seed=s), retrieval=replace(config.retrieval, seed=s))
     report = evaluate(
         dataset, args.out, test_days=args.test_days, valid_days=args.test_days, max_queries=args.max_queries,
         seed=args.seed, config=config, model=not args.no_model, ablations=not args.no_ablations,
