@@ -32,7 +32,7 @@ from xsell.retrieval.artifacts import DAY, Artifacts, RetrievalConfig, build_art
 from xsell.retrieval.candidates import CandidateConfig
 
 from .bundle import COMPILED_FILES, MODEL_FILES, atomic_bundle_dir, new_version, write_manifest
-from .features import PairBatch, check_feature_names, feature_matrix, feature_names
+from .features import FEATURES_BY_NAME, PairBatch, check_feature_names, feature_matrix, feature_names
 from .model import ModelConfig, lambdarank_datasets, train_lambdarank
 from .query import NO_FILTERS, retrieve, scope_for
 from .types import Strategy
@@ -283,6 +283,8 @@ def train_bundles(
     variant_names = {label: feature_names(c.disabled_feature_groups) for label, c in cfgs.items()}
     used = set().union(*variant_names.values())
     names = [n for n in feature_names(()) if n in used]  # every feature any bundle uses, table order
+    # the users table feeds the segment features only: without them no segment table is built
+    segment_users = data.users if any(FEATURES_BY_NAME[n].group == "segment" for n in names) else None
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -319,7 +321,7 @@ def train_bundles(
         log(f"label window {k + 1}: {len(window):,} events, history {len(history):,} events")
         with tempfile.TemporaryDirectory(prefix="xsell-hist-") as tmp:
             hist_arts = build_artifacts(
-                Dataset(history, data.catalog, data.users, data.report), until=start,
+                Dataset(history, data.catalog, segment_users, data.report), until=start,
                 config=cfg.retrieval, ann_path=Path(tmp) / "ann.idx", log=log,
             )  # fmt: skip
             t = stage(f"history artifacts {k + 1}", t)
@@ -360,7 +362,8 @@ def train_bundles(
         tmps = {label: dirs.enter_context(atomic_bundle_dir(Path(out), overwrite=overwrite))
                 for label, (out, _) in targets.items()}  # fmt: skip
         first = next(iter(tmps.values()))
-        arts = build_artifacts(data, until=end, config=cfg.retrieval, ann_path=first / "ann.idx", log=log)
+        arts = build_artifacts(Dataset(events, data.catalog, segment_users, data.report), until=end,
+                               config=cfg.retrieval, ann_path=first / "ann.idx", log=log)  # fmt: skip
         arts.ann.unload()
         arts.save(first)
         data.report.write(first / "cleaning_report.json")

@@ -173,6 +173,18 @@ def test_the_data_fingerprint_covers_the_users_table_and_costs(dataset):
     assert data_fingerprint(Dataset(dataset.events, catalog, dataset.users, dataset.report)) != base
 
 
+def test_a_bundle_without_segment_features_carries_no_segment_table(bundle_dir):
+    """The default config leaves the group out, so training builds no table from the users file."""
+    import json
+
+    from xsell.ranking.train import TrainConfig
+
+    assert "segment" in TrainConfig.disabled_feature_groups
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert "segments.npz" not in manifest["files"]
+    assert not any(n.startswith("segment") for n in manifest["feature_names"])
+
+
 def test_a_bundle_trained_with_segment_features_serves_them(dataset, tmp_path):
     """Turned on, the segment features go through training, the bundle (segments.npz is
     hashed in the manifest) and serving: a known shopper's answer carries them, not NaN."""
