@@ -84,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="TrainConfig.upsell_uplift_grades: an accepted up-sell earns a grade more per uplift reached")  # fmt: skip
     ap.add_argument("--disable-groups", nargs="*", default=list(TrainConfig.disabled_feature_groups),
                     help=f"feature groups left out of the model (default {list(TrainConfig.disabled_feature_groups)})")
-    ap.add_argument("--discovery-model", action=argparse.BooleanOptionalAction, default=TrainConfig.discovery_model,
-                    help="TrainConfig.discovery_model: a third booster for cross-sell requests that exclude purchases")
     ap.add_argument("--before-test", action="store_true",
                     help="evaluate on the events before the last --test-days days (the test period is never read)")
     ap.add_argument("--compare", type=Path, help="an earlier report directory on the same queries")
@@ -112,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         label_days=args.label_days or args.test_days, label_windows=args.label_windows,
         anchors_per_basket=args.anchors_per_basket, upsell_uplift_grades=tuple(args.upsell_uplift_grades),
-        disabled_feature_groups=tuple(args.disable_groups), discovery_model=args.discovery_model,
+        disabled_feature_groups=tuple(args.disable_groups),
     )  # fmt: skip
     if args.model_seed is not None:
         s = args.model_seed

@@ -141,7 +141,7 @@ def score_parity(ranker, requests) -> dict:
 
     res = {}
     for strategy in (Strategy.CROSS_SELL, Strategy.UP_SELL):
-        pred, booster = ranker.predictors[strategy.value], ranker.boosters[strategy.value]
+        pred, booster = ranker.predictors[strategy], ranker.boosters[strategy]
         xs = []
         for r in requests[:200]:
             ctx = ranker._context(r)

@@ -2,8 +2,8 @@
 
 Layout: manifest.json (format, version, created, data fingerprint, feature names
 in order, sha256 of every file, metrics, config), the retrieval artifacts
-(`Artifacts.save`), ann.idx, model_cross_sell.txt, model_up_sell.txt (and
-model_cross_sell_new.txt when trained with a discovery model) and cleaning_report.json. A bundle is written into a temporary sibling directory and
+(`Artifacts.save`), ann.idx, model_cross_sell.txt, model_up_sell.txt and
+cleaning_report.json. A bundle is written into a temporary sibling directory and
 renamed into place, so an interrupted training never leaves a loadable half.
 """
 
@@ -23,16 +23,9 @@ from xsell.errors import BundleError
 
 FORMAT = "xsell-bundle/1"
 MANIFEST = "manifest.json"
-# one model per key: the two strategies, and optionally "cross_sell_new", the discovery
-# model for cross-sell requests that exclude the shopper's purchases
-MODEL_FILES = {
-    "cross_sell": "model_cross_sell.txt",
-    "up_sell": "model_up_sell.txt",
-    "cross_sell_new": "model_cross_sell_new.txt",
-}
-REQUIRED_MODELS = ("cross_sell", "up_sell")
+MODEL_FILES = {"cross_sell": "model_cross_sell.txt", "up_sell": "model_up_sell.txt"}
 # optional lleaves-compiled twins (+ ".json" sidecars), written when lleaves is installed
-COMPILED_FILES = {key: name.replace(".txt", ".so") for key, name in MODEL_FILES.items()}
+COMPILED_FILES = {"cross_sell": "model_cross_sell.so", "up_sell": "model_up_sell.so"}
 
 
 def sha256_file(path: Path) -> str:

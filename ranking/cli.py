@@ -47,9 +47,6 @@ def add_parser(sub) -> None:
     p.add_argument("--disable-feature-groups", nargs="*", choices=GROUPS, default=None, metavar="GROUP",
                    help=f"feature groups the model leaves out, any of {', '.join(GROUPS)} (default "
                         f"{' '.join(TrainConfig.disabled_feature_groups)}; none given: every group)")
-    p.add_argument("--discovery-model", action=argparse.BooleanOptionalAction, default=None,
-                   help="also train the discovery model, which ranks cross-sell requests that exclude the "
-                        "shopper's purchases (default: " + ("on" if TrainConfig.discovery_model else "off") + ")")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train)
 
@@ -81,8 +78,6 @@ def _train(args) -> int:
         cfg = replace(cfg, label_windows=args.label_windows)
     if args.disable_feature_groups is not None:
         cfg = replace(cfg, disabled_feature_groups=tuple(args.disable_feature_groups))
-    if args.discovery_model is not None:
-        cfg = replace(cfg, discovery_model=args.discovery_model)
     out = train_bundle(data, args.out, cfg, until=args.until, overwrite=args.overwrite)
     size = sum(p.stat().st_size for p in out.iterdir())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -19,7 +19,7 @@ from xsell.retrieval.artifacts import Artifacts
 from xsell.retrieval.candidates import SOURCE_BIT, CandidateConfig, Candidates
 
 from . import model as lgbm
-from .bundle import COMPILED_FILES, MODEL_FILES, REQUIRED_MODELS, check_model_text, read_manifest
+from .bundle import COMPILED_FILES, MODEL_FILES, check_model_text, read_manifest
 from .compiled import load_predictor
 from .explain import top_reasons
 from .features import PairBatch, check_feature_names, feature_matrix
@@ -40,8 +40,7 @@ class Ranker:
         self.arts = arts
         self.feature_names: list[str] = list(manifest["feature_names"])
         self.features = check_feature_names(self.feature_names)
-        # by model key (bundle.MODEL_FILES): "cross_sell", "up_sell", optionally "cross_sell_new"
-        self.boosters: dict[str, lgb.Booster] = boosters
+        self.boosters: dict[Strategy, lgb.Booster] = boosters
         # scoring: the lleaves-compiled model where the bundle has a usable one, else LightGBM
         self.predictors = predictors or {s: (lambda x, b=b: lgbm.predict(b, x)) for s, b in boosters.items()}
         self.candidate_config = CandidateConfig(**manifest.get("candidate_config", {}))
@@ -63,10 +62,8 @@ class Ranker:
         if len(arts.ann) != len(arts.items):
             raise BundleError(f"Annoy index has {len(arts.ann)} items, vocabulary {len(arts.items)}", path=str(bundle_dir))
         boosters = {}
-        for key, name in MODEL_FILES.items():
-            path = bundle_dir / name
-            if key not in REQUIRED_MODELS and not path.exists():
-                continue
+        for strategy in (Strategy.CROSS_SELL, Strategy.UP_SELL):
+            path = bundle_dir / MODEL_FILES[strategy.value]
             check_model_text(path)
             try:
                 booster = lgb.Booster(model_file=str(path))
@@ -77,14 +74,14 @@ class Ranker:
                     f"model features {booster.feature_name()} differ from the manifest's {manifest['feature_names']}",
                     path=str(path),
                 )
-            boosters[key] = booster
+            boosters[strategy] = booster
         predictors = {}
-        for key, booster in boosters.items():
-            compiled = bundle_dir / COMPILED_FILES[key]
+        for strategy, booster in boosters.items():
+            compiled = bundle_dir / COMPILED_FILES[strategy.value]
             if compiled.is_file():
-                predictors[key] = load_predictor(bundle_dir / MODEL_FILES[key], compiled)
+                predictors[strategy] = load_predictor(bundle_dir / MODEL_FILES[strategy.value], compiled)
             else:
-                predictors[key] = lambda x, b=booster: lgbm.predict(b, x)
+                predictors[strategy] = lambda x, b=booster: lgbm.predict(b, x)
         return cls(bundle_dir, manifest, arts, boosters, retrieval_only=retrieval_only, predictors=predictors)
 
     def info(self) -> dict:
@@ -117,12 +114,11 @@ class Ranker:
         timings["features"] = time.perf_counter() - t1
         for strategy, n in wanted:
             c, x = cands[strategy], xs.get(strategy)
-            key = self.model_key(strategy, request.filters)
             t0 = time.perf_counter()
-            scores = self.predictors[key](x) if x is not None else c.score.astype(np.float64)
+            scores = self.predictors[strategy](x) if x is not None else c.score.astype(np.float64)
             t1 = time.perf_counter()
             timings["model"] += t1 - t0
-            items, filled = self._select(request, strategy, key, n, c, x, scores, ctx)
+            items, filled = self._select(request, strategy, n, c, x, scores, ctx)
             timings["rules"] += time.perf_counter() - t1
             if filled:
                 reasons.append(f"{strategy.value}: {filled} popular item(s) added, the model found too few")
@@ -131,13 +127,6 @@ class Ranker:
         result.fallback_reason = "; ".join(reasons)
         result.timings = timings
         return result
-
-    def model_key(self, strategy: Strategy, filters) -> str:
-        """Which booster scores a strategy's candidates: the discovery model for a
-        cross-sell request that excludes the shopper's purchases, when the bundle has one."""
-        if strategy is Strategy.CROSS_SELL and filters.exclude_purchased and "cross_sell_new" in self.boosters:
-            return "cross_sell_new"
-        return strategy.value
 
     def candidate_ids(self, request: RankRequest) -> tuple[list[str], list[str]]:
         """(cross-sell, up-sell) candidate ids that reach the model, after the hard rules."""
@@ -211,14 +200,14 @@ class Ranker:
             lo += len(c)
         return out
 
-    def _select(self, request, strategy, key, n, c: Candidates, x, scores, ctx) -> tuple[list[RankedItem], int]:
+    def _select(self, request, strategy, n, c: Candidates, x, scores, ctx) -> tuple[list[RankedItem], int]:
         """The top n of the scored candidates under the diversity cap, explained, topped up."""
         arts = self.arts
         order = np.argsort(-scores, kind="stable")
         top = apply_diversity(order, arts.item_category[c.items], request.filters.max_per_category, n)
         reasons = [()] * len(top)
         if request.explain and x is not None and len(top):
-            contrib = lgbm.contributions(self.boosters[key], x[top])
+            contrib = lgbm.contributions(self.boosters[strategy], x[top])
             reasons = [
                 top_reasons(contrib[r], x[i], self.feature_names, arts, int(c.items[i]), int(c.anchors[i]),
                             strategy is Strategy.UP_SELL, sources=c.source_names(i))

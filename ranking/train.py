@@ -35,9 +35,7 @@ from .bundle import COMPILED_FILES, MODEL_FILES, atomic_bundle_dir, new_version,
 from .features import FEATURES_BY_NAME, PairBatch, check_feature_names, feature_matrix, feature_names
 from .model import ModelConfig, lambdarank_datasets, train_lambdarank
 from .query import NO_FILTERS, retrieve, scope_for
-from .types import Filters, Strategy
-
-DISCOVERY_FILTERS = Filters(exclude_purchased=True)
+from .types import Strategy
 
 
 @dataclass(frozen=True)
@@ -75,11 +73,6 @@ class TrainConfig:
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     compile_models: bool = True  # also write lleaves-compiled models when lleaves is installed
-    # a third booster for cross-sell requests that exclude the shopper's purchases
-    # (discovery): trained on the candidates such a request retrieves, labelled with the
-    # basket items new to the shopper, so it does not learn "bought before" as the rule
-    discovery_model: bool = False
-    discovery_max_queries: int = 48_000  # per label window: its groups reach fewer positives
     seed: int = 0
 
 
@@ -157,11 +150,7 @@ class _Queries:
         return parts
 
 
-def _cross_sell_queries(
-    arts: Artifacts, window: pd.DataFrame, cfg: TrainConfig, rng, q: _Queries, new: _Queries | None = None
-) -> None:
-    """Cross-sell query groups into `q`; with `new`, the same anchors' discovery groups
-    too (candidates and positives exclude what the shopper bought before the window)."""
+def _cross_sell_queries(arts: Artifacts, window: pd.DataFrame, cfg: TrainConfig, rng, q: _Queries) -> None:
     w = window.assign(item=arts.items.encode(window["item_id"].to_numpy()))
     w = w[w["item"] >= 0]
     w = w.assign(grade=w["event_type"].map(EVENT_GRADES), cat=arts.item_category[w["item"].to_numpy()])
@@ -173,11 +162,8 @@ def _cross_sell_queries(
     # anchors: a seeded sample of up to `anchors_per_basket` lines per basket
     lines = lines.assign(r=rng.random(len(lines)))
     anchor_rows = lines[lines.groupby("basket_id")["r"].rank(method="first") <= cfg.anchors_per_basket]
-    discovery_rows = anchor_rows
     if len(anchor_rows) > cfg.max_queries:
         anchor_rows = anchor_rows.sample(cfg.max_queries, random_state=cfg.seed)
-    if len(discovery_rows) > cfg.discovery_max_queries:
-        discovery_rows = discovery_rows.sample(cfg.discovery_max_queries, random_state=cfg.seed + 1)
     # per basket: its line items, grades and categories as numpy slices
     lines = lines.sort_values("basket_id", kind="stable")
     starts = dict(zip(*np.unique(lines["basket_id"].to_numpy(), return_index=True)))
@@ -185,50 +171,27 @@ def _cross_sell_queries(
     l_grade = lines["grade"].to_numpy(dtype=np.float64)
     l_cat = lines["cat"].to_numpy()
     l_size = lines.groupby("basket_id", sort=False)["item"].transform("size").to_numpy()
-    for rows, target in ((anchor_rows, q), (discovery_rows, new)):
-        if target is None:
+    for row in anchor_rows.itertuples(index=False):
+        lo = starts[row.basket_id]
+        hi = lo + l_size[lo]
+        rel = (l_cat[lo:hi] != row.cat) & (l_item[lo:hi] != row.item)
+        n_rel = int(rel.sum())
+        if n_rel == 0:
             continue
-        for row in rows.itertuples(index=False):
-            lo = starts[row.basket_id]
-            hi = lo + l_size[lo]
-            rel = (l_cat[lo:hi] != row.cat) & (l_item[lo:hi] != row.item)
-            if not rel.any():
-                continue
-            a = np.asarray([row.item], dtype=np.int64)
-            user = arts.users.get(row.user_id)
-            rel_items, rel_grades = l_item[lo:hi][rel], l_grade[lo:hi][rel]
-            if target is q:
-                filters = NO_FILTERS
-            else:
-                filters = DISCOVERY_FILTERS
-                fresh = ~np.isin(rel_items, _purchased(arts, user))
-                if not fresh.any():
-                    continue
-                rel_items, rel_grades = rel_items[fresh], rel_grades[fresh]
-            _add_group(arts, target, a, user, row.user_id, scope_for(arts, a, user), filters, rel_items,
-                       rel_grades, cfg)  # fmt: skip
-
-
-def _purchased(arts: Artifacts, user: int) -> np.ndarray:
-    if user < 0:
-        return np.empty(0, dtype=np.int64)
-    return arts.user_counts.indices[arts.user_counts.indptr[user] : arts.user_counts.indptr[user + 1]]
-
-
-def _add_group(arts, q: _Queries, a, user, user_id, scope, filters, rel_items, rel_grades, cfg: TrainConfig) -> None:
-    """One cross-sell query group: retrieve as a request with `filters` would, label the
-    candidates that are among `rel_items` with their grades."""
-    c = retrieve(arts, Strategy.CROSS_SELL, a, user, scope, filters, cfg.candidates)
-    if len(c) == 0:
-        q.positives += len(rel_items)
-        return
-    y = np.zeros(len(c), dtype=np.float64)
-    pos = np.searchsorted(c.items, rel_items)  # candidates are sorted by item index
-    pos_c = np.minimum(pos, len(c) - 1)
-    hit = c.items[pos_c] == rel_items
-    y[pos_c[hit]] = rel_grades[hit]
-    x = feature_matrix(PairBatch(arts, c.items, c.anchors, user, c.sources, c.score, 1), q.features)
-    q.add(x, y, c.score, user_id, len(rel_items))
+        a = np.asarray([row.item], dtype=np.int64)
+        user = arts.users.get(row.user_id)
+        c = retrieve(arts, Strategy.CROSS_SELL, a, user, scope_for(arts, a, user), NO_FILTERS, cfg.candidates)
+        if len(c) == 0:
+            q.positives += n_rel
+            continue
+        rel_items, rel_grades = l_item[lo:hi][rel], l_grade[lo:hi][rel]
+        y = np.zeros(len(c), dtype=np.float64)
+        pos = np.searchsorted(c.items, rel_items)  # candidates are sorted by item index
+        pos_c = np.minimum(pos, len(c) - 1)
+        hit = c.items[pos_c] == rel_items
+        y[pos_c[hit]] = rel_grades[hit]
+        x = feature_matrix(PairBatch(arts, c.items, c.anchors, user, c.sources, c.score, 1), q.features)
+        q.add(x, y, c.score, row.user_id, n_rel)
 
 
 def upsell_labels(accepted: np.ndarray, uplift: np.ndarray, grades: tuple[float, ...]) -> np.ndarray:
@@ -351,7 +314,6 @@ def train_bundles(
     t = time.perf_counter()
     cross = _Queries(features, cfg.max_negatives, cfg.seed)
     up = _Queries(features, cfg.max_negatives, cfg.seed)
-    new = _Queries(features, cfg.max_negatives, cfg.seed) if cfg.discovery_model else None
     per_window = []  # what each label window gave, for the manifest
     for k, start in enumerate(starts):
         history = events[ts < start]
@@ -364,7 +326,7 @@ def train_bundles(
             )  # fmt: skip
             t = stage(f"history artifacts {k + 1}", t)
             n_cross, n_up = len(cross.groups), len(up.groups)
-            _cross_sell_queries(hist_arts, window, cfg, rng, cross, new)
+            _cross_sell_queries(hist_arts, window, cfg, rng, cross)
             _up_sell_queries(hist_arts, history, window, cfg, up)
             hist_arts.ann.unload()
         t = stage(f"query groups {k + 1}", t)
@@ -374,18 +336,15 @@ def train_bundles(
             f"up-sell: {per_window[-1]['up_sell_queries']:,} queries")
     log(f"  cross-sell: {len(cross.groups):,} queries, candidate recall {cross.reached / max(cross.positives, 1):.3f}")
     log(f"  up-sell:    {len(up.groups):,} queries, candidate recall {up.reached / max(up.positives, 1):.3f}")
-    if new is not None:
-        log(f"  discovery:  {len(new.groups):,} queries, candidate recall {new.reached / max(new.positives, 1):.3f}")
 
-    # one booster per model key (bundle.MODEL_FILES)
-    groups = {"cross_sell": cross, "up_sell": up} | ({"cross_sell_new": new} if new is not None else {})
-    for key, q in groups.items():
+    groups = {Strategy.CROSS_SELL: cross, Strategy.UP_SELL: up}
+    for strategy, q in groups.items():
         if len(q.groups) < 10:
-            raise ValueError(f"only {len(q.groups)} usable {key} queries in the label windows: "
+            raise ValueError(f"only {len(q.groups)} usable {strategy.value} queries in the label windows: "
                              "too little data (or label_days too short) to train the ranker")  # fmt: skip
-    recall = {k: q.reached / max(q.positives, 1) for k, q in groups.items()}
-    rows = {k: _SharedRows(q, len(targets), cfg.valid_fraction, cfg.seed) for k, q in groups.items()}
-    del cross, up, new, groups
+    recall = {s: q.reached / max(q.positives, 1) for s, q in groups.items()}
+    rows = {s: _SharedRows(q, len(targets), cfg.valid_fraction, cfg.seed) for s, q in groups.items()}
+    del cross, up, groups
 
     fingerprint = data_fingerprint(data)
     # LightGBM releases the GIL while it trains (ctypes calls), so the boosters train on
@@ -396,9 +355,9 @@ def train_bundles(
         fits: dict[str, dict] = {label: {} for label in targets}
         for label in targets:
             cols = None if variant_names[label] == names else [names.index(n) for n in variant_names[label]]
-            for key, shared in rows.items():
-                fits[label][key] = pool.submit(_fit_ranker, key, shared, cols, cfgs[label],
-                                               variant_names[label], recall[key])  # fmt: skip
+            for strategy, shared in rows.items():
+                fits[label][strategy] = pool.submit(_fit_ranker, strategy, shared, cols, cfgs[label],
+                                                    variant_names[label], recall[strategy])  # fmt: skip
         del rows
         tmps = {label: dirs.enter_context(atomic_bundle_dir(Path(out), overwrite=overwrite))
                 for label, (out, _) in targets.items()}  # fmt: skip
@@ -414,16 +373,16 @@ def train_bundles(
         stage("serving artifacts", t)
         for label, tmp in tmps.items():
             vcfg, vstages, metrics = cfgs[label], dict(stages), {}
-            for key, fit in fits[label].items():
+            for strategy, fit in fits[label].items():
                 booster, best, fit_metrics = fit.result()
                 metrics.update(fit_metrics)
-                booster.save_model(str(tmp / MODEL_FILES[key]), num_iteration=best)
+                booster.save_model(str(tmp / MODEL_FILES[strategy.value]), num_iteration=best)
             t1 = time.perf_counter()
             vstages["LambdaRank"] = round(t1 - t, 2)
             log(f"[{t1 - t_start:6.1f}s] LambdaRank done{f' ({label})' if len(targets) > 1 else ''}")
-            for key in fits[label]:
+            for strategy in fits[label]:
                 if vcfg.compile_models:
-                    _compile(tmp / MODEL_FILES[key], tmp / COMPILED_FILES[key], log)
+                    _compile(tmp / MODEL_FILES[strategy.value], tmp / COMPILED_FILES[strategy.value], log)
             vstages["compile"] = round(time.perf_counter() - t1, 2)
             vstages["total"] = round(time.perf_counter() - t_start, 2)
             manifest = write_manifest(tmp, {
@@ -465,8 +424,10 @@ class _SharedRows:
         return rows
 
 
-def _fit_ranker(key: str, shared: _SharedRows, cols, cfg: TrainConfig, names: list[str], recall: float):
-    """One LambdaRank booster on a model key's query rows, using the feature columns `cols`
+def _fit_ranker(
+    strategy: Strategy, shared: _SharedRows, cols, cfg: TrainConfig, names: list[str], recall: float
+):
+    """One LambdaRank booster on a strategy's query rows, using the feature columns `cols`
     (None: all): (booster, best iteration, manifest metrics)."""
     (xt, yt, gt), (xv, yv, gv) = shared.take()
     if cols is not None:
@@ -474,6 +435,7 @@ def _fit_ranker(key: str, shared: _SharedRows, cols, cfg: TrainConfig, names: li
     train, valid = lambdarank_datasets(xt, yt, gt, xv, yv, gv, names, cfg.model)
     del xt, xv  # the datasets hold binned copies: the float rows go before the boosting
     booster, info = train_lambdarank(train, valid, cfg.model)
+    key = strategy.value
     metrics = {
         f"{key}_valid_ndcg@10": info["valid_ndcg@10"], f"{key}_best_iteration": info["best_iteration"],
         f"{key}_train_queries": len(gt), f"{key}_valid_queries": len(gv), f"{key}_rows": int(len(yt) + len(yv)),
@@ -498,7 +460,7 @@ def _summary(manifest: dict, log) -> None:
     log("")
     log(f"bundle {manifest['version']}: {manifest['num_items']:,} items, {manifest['num_users']:,} users")
     log(f"{'strategy':<11} {'queries':>8} {'rows':>10} {'cand.recall':>11} {'valid ndcg@10':>13} {'trees':>6}")
-    for s in (k for k in MODEL_FILES if f"{k}_train_queries" in m):
+    for s in ("cross_sell", "up_sell"):
         log(f"{s:<11} {m[f'{s}_train_queries'] + m[f'{s}_valid_queries']:>8,} {m[f'{s}_rows']:>10,} "
             f"{m[f'{s}_candidate_recall']:>11.3f} {m[f'{s}_valid_ndcg@10']:>13.4f} {m[f'{s}_best_iteration']:>6}")  # fmt: skip
     log("stage seconds: " + json.dumps(manifest["stage_seconds"]))

@@ -20,9 +20,8 @@ def test_compiled_bundle_scores_equal_lightgbm(bundle_dir, dataset, tmp_path):
 
     copy = tmp_path / "compiled"
     shutil.copytree(bundle_dir, copy)
-    for key, name in MODEL_FILES.items():
-        if (copy / name).exists():  # the discovery model is optional
-            compile_booster(copy / name, copy / COMPILED_FILES[key])
+    for strategy, name in MODEL_FILES.items():
+        compile_booster(copy / name, copy / COMPILED_FILES[strategy])
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest.pop("files")
     write_manifest(copy, manifest)  # the compiled files join the hashed set
