@@ -445,7 +445,8 @@ def _fit_ranker(
 
 
 def _compile(model_txt: Path, out: Path, log) -> None:
-    """lleaves-compile a model for faster serving; skipped (with a line) without lleaves."""
+    """lleaves-compile a model for faster serving; skipped with a line without lleaves, and
+    with a warning when lleaves fails on it (the bundle is still whole: see compiled.py)."""
     try:
         from .compiled import compile_booster
 
@@ -453,6 +454,13 @@ def _compile(model_txt: Path, out: Path, log) -> None:
         log(f"  compiled {model_txt.name} -> {out.name}")
     except ImportError:
         log(f"  {model_txt.name}: not compiled (pip install 'xsell[fast]' for lleaves)")
+    except Exception as exc:  # noqa: BLE001 - an lleaves/LLVM failure: the bundle serves with LightGBM
+        from .compiled import sidecar_path
+
+        for leftover in (out, sidecar_path(out)):
+            leftover.unlink(missing_ok=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log(f"  WARNING {model_txt.name}: not compiled ({first}); it is served with LightGBM's predict")
 
 
 def _summary(manifest: dict, log) -> None:

@@ -99,3 +99,31 @@ def test_without_compiled_file_lightgbm_serves(bundle_dir, tmp_path):
     booster = lgb.Booster(model_file=str(model_txt))
     x = np.random.default_rng(0).normal(size=(50, booster.num_feature()))
     np.testing.assert_array_equal(predict(x), booster.predict(x, num_threads=1))
+
+
+@needs_lleaves
+def test_a_model_lleaves_cannot_compile_leaves_no_compiled_file(bundle_dir, tmp_path):
+    """Training logs a warning and serves such a model with LightGBM instead of failing.
+    The model: a tree splits on a feature its header calls constant ("none"), as a model
+    boosted on from another one's trees can be; lleaves emits invalid LLVM IR for it."""
+    from xsell.ranking.train import _compile
+
+    text = (bundle_dir / MODEL_FILES["cross_sell"]).read_text()
+    booster = lgb.Booster(model_str=text)
+    used = booster.trees_to_dataframe()["split_feature"].dropna().iloc[0]
+    j = booster.feature_name().index(used)
+    header, rest = text.split("\ntree_sizes=", 1)
+    lines = header.splitlines()
+    k = next(i for i, line in enumerate(lines) if line.startswith("feature_infos="))
+    infos = lines[k].removeprefix("feature_infos=").split(" ")
+    infos[j] = "none"
+    lines[k] = "feature_infos=" + " ".join(infos)
+    bad = tmp_path / "model.txt"
+    bad.write_text("\n".join(lines) + "\ntree_sizes=" + rest)
+    lgb.Booster(model_file=str(bad))  # LightGBM itself still loads it
+    messages: list[str] = []
+    out = tmp_path / "model.so"
+    _compile(bad, out, messages.append)
+    assert any("WARNING model.txt: not compiled" in m for m in messages), messages
+    assert not out.exists() and not sidecar_path(out).exists()
+    assert load_predictor(bad, out).kind == "lightgbm"
