@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="TrainConfig.upsell_uplift_grades: an accepted up-sell earns a grade more per uplift reached")  # fmt: skip
     ap.add_argument("--disable-groups", nargs="*", default=list(TrainConfig.disabled_feature_groups),
                     help=f"feature groups left out of the model (default {list(TrainConfig.disabled_feature_groups)})")
+    ap.add_argument("--candidates", nargs="*", default=[], metavar="FIELD=N",
+                    help="CandidateConfig fields to change, e.g. popular_k=200 max_candidates=300")
     ap.add_argument("--before-test", action="store_true",
                     help="evaluate on the events before the last --test-days days (the test period is never read)")
     ap.add_argument("--compare", type=Path, help="an earlier report directory on the same queries")
@@ -112,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         anchors_per_basket=args.anchors_per_basket, upsell_uplift_grades=tuple(args.upsell_uplift_grades),
         disabled_feature_groups=tuple(args.disable_groups),
     )  # fmt: skip
+    if args.candidates:
+        try:
+            changes = {k: int(v) for k, v in (c.split("=", 1) for c in args.candidates)}
+            config = replace(config, candidates=replace(config.candidates, **changes))
+        except (ValueError, TypeError) as exc:
+            ap.error(f"--candidates: {exc} (give FIELD=N with FIELD of CandidateConfig)")
     if args.model_seed is not None:
         s = args.model_seed
         config = replace(config, seed=s, model=replace(config.model, seed=s), retrieval=replace(config.retrieval, seed=s))
