@@ -10,7 +10,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tools"))
-from gen_protos import generate  # noqa: E402
+from gen_protos import generate
 
 
 class BuildWithProtos(build_py):

@@ -20,20 +20,20 @@ per-query NDCG@10 difference of the model to an earlier report on the same queri
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 import os
 import platform
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from xsell.ranking.train import TrainConfig
 
 from xsell.data.contract import Dataset
 from xsell.data.loaders import load_dataset
 from xsell.evaluation.metrics import paired_difference
 from xsell.evaluation.runner import RESTRICTED, evaluate
 from xsell.evaluation.split import time_split
-from xsell.ranking.train import TrainConfig
 
 # (view, method label in the report, metric) -> the reference value
 REFERENCE = {

@@ -63,7 +63,7 @@ def main() -> int:
         loads.append(time.perf_counter() - t0)
     size = sum(p.stat().st_size for p in bundle.iterdir()) / 2**20
 
-    med = lambda xs: statistics.median(xs)  # noqa: E731
+    med = lambda xs: statistics.median(xs)
     print(f"\nTa-Feng end to end on {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (median of {args.runs})\n")
     print("| stage | wall s |\n|---|---:|")
     print(f"| xsell data tafeng (convert; wheel cached) | {data_wall:.1f} |")

@@ -81,7 +81,7 @@ def check_model_text(path: Path) -> None:
     bad file must be caught before it reaches LightGBM, even when its hash matches.
     """
     data = Path(path).read_bytes()
-    header = re.search(rb"^tree_sizes=([0-9 ]*)$", data, re.M)
+    header = re.search(rb"^tree_sizes=([0-9 ]*)$", data, re.MULTILINE)
     start, end = data.find(b"\nTree=0\n"), data.find(b"\nend of trees\n")
     if header is None or start < 0 or end < 0 or b"end of parameters" not in data[end:]:
         raise BundleError("not a whole LightGBM text model (truncated?)", path=str(path))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from xsell.retrieval.artifacts import Artifacts
 
 from .types import Reason

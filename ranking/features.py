@@ -22,12 +22,12 @@ from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
-
-from xsell.errors import BundleError
 from xsell.retrieval.artifacts import Artifacts
 from xsell.retrieval.candidates import SOURCE_BIT
 from xsell.retrieval.pairs import pair_lookup
 from xsell.retrieval.segments import log_lift
+
+from xsell.errors import BundleError
 
 F32 = np.float32
 

@@ -7,9 +7,14 @@ learns on exactly the candidate distribution it will score.
 from __future__ import annotations
 
 import numpy as np
-
 from xsell.retrieval.artifacts import Artifacts
-from xsell.retrieval.candidates import CandidateConfig, Candidates, cap, cross_sell_candidates, up_sell_candidates
+from xsell.retrieval.candidates import (
+    CandidateConfig,
+    Candidates,
+    cap,
+    cross_sell_candidates,
+    up_sell_candidates,
+)
 from xsell.retrieval.cooccurrence import ComplementTable
 from xsell.retrieval.pairs import pair_lookup
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
-
-from xsell.errors import BundleError
 from xsell.retrieval.artifacts import Artifacts
 from xsell.retrieval.candidates import SOURCE_BIT, CandidateConfig, Candidates
+
+from xsell.errors import BundleError
 
 from . import model as lgbm
 from .bundle import COMPILED_FILES, MODEL_FILES, check_model_text, read_manifest
@@ -48,7 +48,7 @@ class Ranker:
 
     # ------------------------------------------------------------------ load
     @classmethod
-    def load(cls, bundle_dir, *, warm: bool = True, retrieval_only: bool = False, verify: bool = True) -> "Ranker":
+    def load(cls, bundle_dir, *, warm: bool = True, retrieval_only: bool = False, verify: bool = True) -> Ranker:
         """Load and validate a whole bundle, or raise BundleError (nothing half-loaded)."""
         bundle_dir = Path(bundle_dir)
         manifest = read_manifest(bundle_dir, verify=verify)

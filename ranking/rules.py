@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from xsell.retrieval.artifacts import Artifacts
 from xsell.retrieval.candidates import Candidates
 

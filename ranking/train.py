@@ -26,13 +26,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from xsell.data.contract import EVENT_GRADES, Dataset
 from xsell.retrieval.artifacts import DAY, Artifacts, RetrievalConfig, build_artifacts
 from xsell.retrieval.candidates import CandidateConfig
 
+from xsell.data.contract import EVENT_GRADES, Dataset
+
 from .bundle import COMPILED_FILES, MODEL_FILES, atomic_bundle_dir, new_version, write_manifest
-from .features import FEATURES_BY_NAME, PairBatch, check_feature_names, feature_matrix, feature_names
+from .features import (
+    FEATURES_BY_NAME,
+    PairBatch,
+    check_feature_names,
+    feature_matrix,
+    feature_names,
+)
 from .model import ModelConfig, lambdarank_datasets, train_lambdarank
 from .query import NO_FILTERS, retrieve, scope_for
 from .types import Strategy

@@ -57,7 +57,7 @@ class RankRequest:
     # Evaluation only: rank exactly these item ids (skip retrieval). Not exposed over gRPC.
     candidate_ids: tuple[str, ...] | None = None
 
-    def validated(self) -> "RankRequest":
+    def validated(self) -> RankRequest:
         """Check every field; raise InvalidRequest naming the field. Returns self."""
         if not self.user_id and not self.cart:
             raise InvalidRequest("cart", "empty request: give a user_id or at least one cart line")
@@ -97,7 +97,7 @@ class RankRequest:
             return 0, base
         return self.cross_sell_limit or base, self.up_sell_limit or base
 
-    def with_(self, **changes) -> "RankRequest":
+    def with_(self, **changes) -> RankRequest:
         return replace(self, **changes)
 
 

@@ -22,12 +22,19 @@ from xsell.data.contract import EVENT_GRADES, Dataset
 
 from .ann import AnnIndex, build_index
 from .cooccurrence import ComplementTable, category_complements, copurchase_counts
+from .item_neighbours import annoy_neighbours, exact_neighbours
 from .mf import normalize_rows, train_als
 from .pairs import by_value_within_rows
 from .segments import FILE as SEGMENTS_FILE
 from .segments import SegmentTable, build_segments
-from .item_neighbours import annoy_neighbours, exact_neighbours
-from .shopper import decayed_vectors, neighbour_scores, recent_mean, repeat_rates, switch_counts, user_category_mean
+from .shopper import (
+    decayed_vectors,
+    neighbour_scores,
+    recent_mean,
+    repeat_rates,
+    switch_counts,
+    user_category_mean,
+)
 from .vocab import Vocabulary
 
 DAY = 86_400

@@ -54,7 +54,7 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.items)
 
-    def take(self, keep: np.ndarray) -> "Candidates":
+    def take(self, keep: np.ndarray) -> Candidates:
         return Candidates(self.items[keep], self.anchors[keep], self.sources[keep], self.score[keep])
 
     def source_names(self, i: int) -> tuple[str, ...]:

@@ -38,5 +38,5 @@ class Vocabulary:
         Path(path).write_text(json.dumps(list(self.ids)))
 
     @classmethod
-    def load(cls, path: Path) -> "Vocabulary":
+    def load(cls, path: Path) -> Vocabulary:
         return cls(json.loads(Path(path).read_text()))

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from xsell.errors import InvalidRequest
 from xsell.ranking.types import (
     CartLine,
     Filters,
+    RankedItem,
     RankRequest,
     RankResult,
-    RankedItem,
     Strategy,
 )
+
+from xsell.errors import InvalidRequest
 from xsell.v1 import xsell_pb2 as pb
 
 if TYPE_CHECKING:

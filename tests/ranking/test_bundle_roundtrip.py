@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
-
-from xsell.errors import BundleError
 from xsell.ranking.bundle import atomic_bundle_dir, read_manifest
 from xsell.ranking.ranker import Ranker
 from xsell.ranking.types import CartLine, Filters, RankRequest, Strategy
+
+from xsell.errors import BundleError
 
 
 @pytest.fixture(scope="module")
@@ -137,18 +136,16 @@ def test_missing_manifest_means_not_a_bundle(bundle_dir, tmp_path):
 
 def test_failed_write_leaves_nothing_behind(tmp_path):
     out = tmp_path / "bundle"
-    with pytest.raises(RuntimeError):
-        with atomic_bundle_dir(out) as tmp:
-            (tmp / "half.bin").write_bytes(b"x" * 100)
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), atomic_bundle_dir(out) as tmp:
+        (tmp / "half.bin").write_bytes(b"x" * 100)
+        raise RuntimeError("disk full")
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_bundle_is_not_overwritten_by_default(bundle_dir):
-    with pytest.raises(BundleError, match="overwrite"):
-        with atomic_bundle_dir(bundle_dir):
-            pass
+    with pytest.raises(BundleError, match="overwrite"), atomic_bundle_dir(bundle_dir):
+        pass
     assert read_manifest(bundle_dir)
 
 

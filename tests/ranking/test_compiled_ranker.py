@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from xsell.ranking.bundle import COMPILED_FILES, MANIFEST, MODEL_FILES, write_manifest
 from xsell.ranking.ranker import Ranker
 from xsell.ranking.types import CartLine, RankRequest

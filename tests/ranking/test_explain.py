@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from xsell.ranking.explain import reason_text
 from xsell.ranking.features import FEATURES
 from xsell.retrieval.candidates import SOURCES

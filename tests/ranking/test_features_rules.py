@@ -7,12 +7,18 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from xsell.errors import BundleError, InvalidRequest
-from xsell.ranking.features import FEATURES, GROUPS, check_feature_names, feature_names, sparse_lookup
+from xsell.ranking.features import (
+    FEATURES,
+    GROUPS,
+    check_feature_names,
+    feature_names,
+    sparse_lookup,
+)
 from xsell.ranking.rules import apply_diversity
 from xsell.ranking.types import CartLine, Filters, RankRequest, Strategy
 from xsell.retrieval.candidates import SOURCE_BIT, _Fuser
+
+from xsell.errors import BundleError, InvalidRequest
 
 
 @settings(max_examples=80, deadline=None)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from xsell.ranking.bundle import read_manifest
 from xsell.ranking.train import label_windows
 from xsell.retrieval.artifacts import DAY
@@ -67,8 +66,9 @@ def test_a_bundle_learns_from_every_window(dataset, tmp_path):
 
 
 def test_train_cli_states_the_default_and_refuses_zero_windows(capsys):
-    from xsell.cli import build_parser
     from xsell.ranking.train import TrainConfig
+
+    from xsell.cli import build_parser
 
     parser = build_parser()
     with pytest.raises(SystemExit):
@@ -81,8 +81,9 @@ def test_train_cli_states_the_default_and_refuses_zero_windows(capsys):
 
 
 def test_train_cli_feature_groups_default_to_the_config_and_refuse_unknown_names(capsys):
-    from xsell.cli import build_parser
     from xsell.ranking.train import TrainConfig
+
+    from xsell.cli import build_parser
 
     parser = build_parser()
     base = ["train", "--events", "e.csv", "--catalog", "c.csv", "--out", "b"]

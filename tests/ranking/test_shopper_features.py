@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from xsell.data.contract import CleaningReport, Dataset
 from xsell.ranking.features import FEATURES_BY_NAME, PairBatch
 from xsell.retrieval.artifacts import DAY, RetrievalConfig, build_artifacts
 from xsell.retrieval.candidates import neighbour_items
+
+from xsell.data.contract import CleaningReport, Dataset
 
 # items: a, b, c in category X (prices 1, 2, 4), d in category Y
 CATALOG = pd.DataFrame({

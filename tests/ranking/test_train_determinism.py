@@ -8,7 +8,6 @@ import json
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
-
 from xsell.ranking.model import ModelConfig
 from xsell.ranking.train import TrainConfig, train_bundle
 from xsell.retrieval.artifacts import RetrievalConfig
@@ -82,8 +81,9 @@ def test_bundles_trained_together_equal_bundles_trained_alone(dataset, tmp_path)
 def test_upsell_labels_grade_accepted_items_by_uplift(cands, grades):
     """0 for an item not bought; a bought one gets the purchase grade plus one per uplift
     threshold reached, so among accepted items a bigger trade-up never ranks lower."""
-    from xsell.data.contract import EVENT_GRADES
     from xsell.ranking.train import upsell_labels
+
+    from xsell.data.contract import EVENT_GRADES
 
     accepted = np.array([a for a, _ in cands])
     uplift = np.array([u for _, u in cands])

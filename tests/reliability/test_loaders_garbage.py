@@ -1,4 +1,3 @@
-# ruff: noqa: C408 - dict(column=values) reads best for tables
 """The data loaders under garbage files: every failure is a DataError that names the
 file (and the row / column where one exists), never a bare library traceback."""
 

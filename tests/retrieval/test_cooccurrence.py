@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from xsell.retrieval.cooccurrence import category_complements, copurchase_counts, top_complements, top_n_per_row
+from xsell.retrieval.cooccurrence import (
+    category_complements,
+    copurchase_counts,
+    top_complements,
+    top_n_per_row,
+)
 
 baskets_strategy = st.lists(st.lists(st.integers(0, 7), min_size=1, max_size=6), min_size=1, max_size=40)
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from xsell.retrieval.ann import build_index
+from xsell.retrieval.item_neighbours import (
+    NO_NEIGHBOUR,
+    annoy_neighbours,
+    exact_neighbours,
+    neighbour_row,
+)
 from xsell.retrieval.mf import normalize_rows
-from xsell.retrieval.item_neighbours import NO_NEIGHBOUR, annoy_neighbours, exact_neighbours, neighbour_row
 
 
 def brute_force(unit: np.ndarray, k: int) -> list[list[int]]:

@@ -11,7 +11,6 @@ import numpy as np
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from xsell.ranking.features import PairBatch, sparse_lookup
 from xsell.ranking.rules import _isin
 from xsell.retrieval.candidates import SOURCE_BIT, SOURCES, _Fuser, _rrf_weights

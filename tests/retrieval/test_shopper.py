@@ -7,7 +7,6 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from xsell.retrieval.shopper import (
     basket_recency,
     decayed_vectors,

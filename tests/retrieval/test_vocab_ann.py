@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from xsell.retrieval.ann import AnnIndex, angular_to_cosine, build_index
 from xsell.retrieval.mf import normalize_rows
 from xsell.retrieval.vocab import Vocabulary

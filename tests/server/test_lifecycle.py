@@ -21,8 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-
 from xsell.server.app import create_server
+
 from xsell.v1 import xsell_pb2 as pb
 from xsell.v1 import xsell_pb2_grpc as pb_grpc
 

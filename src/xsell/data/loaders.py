@@ -332,7 +332,7 @@ class _Problems:
         return self.reason_of < 0
 
     def _error(self, k: int, i: int) -> DataError:
-        reason, column, describe = self.reasons[k]
+        _reason, column, describe = self.reasons[k]
         return DataError(describe(i), file=self.raw.file, row=int(self.raw.rows[i]), column=column)
 
     def finish(self, report: CleaningReport, strict: bool) -> None:
@@ -739,7 +739,7 @@ def load_users(
     probs.finish(report, strict)
     keep = probs.keep
     data = {"user_id": _object(user_id[keep])}
-    for name, col in raw.columns.items():
+    for name in raw.columns:
         if name != "user_id":
             data[name] = _object(_in_column(raw, name, _text)[0][keep])
     df = pd.DataFrame(data)

@@ -32,10 +32,10 @@ from xsell.data.loaders import write_table
 from xsell.errors import DataError
 
 __all__ = [
-    "PlantedTruth",
-    "SyntheticData",
     "TIER_NAMES",
     "TIER_PRICE",
+    "PlantedTruth",
+    "SyntheticData",
     "category_name",
     "complement_of",
     "generate",
@@ -253,7 +253,7 @@ def generate_frames(
     l_item = choose(l_b, l_cat)
     # one line per (basket, item): a repeat pick just raises the quantity
     key = l_b.astype(np.int64) * n_items + l_item
-    uniq, first, reps = np.unique(key, return_index=True, return_counts=True)
+    _, first, reps = np.unique(key, return_index=True, return_counts=True)
     l_b, l_item = l_b[first], l_item[first]
     n_l = len(l_b)
     qty = reps + rng.poisson(0.25, n_l)
