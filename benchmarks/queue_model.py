@@ -9,9 +9,15 @@ like bench_rank's: coefficient of variation ~0.15) and prints p50 / p99 of the t
 the system per load, so measured figures can be read against what the queue alone
 explains (the rest is the host: other processes, the load generator, CPU efficiency).
 
+Uneven split (`--shares`): SO_REUSEPORT places *connections*, so a client sending its calls
+over its connections in turn loads the workers by how many of its connections each one
+got: with 16 connections on 2 workers a 10:6 split (62.5%) or worse happens in 45% of
+connection sets (binomial). For each share of the busier worker the table gives the
+p50 / p99 over all calls of the two M/G/1 queues at those loads.
+
 Usage:
     python benchmarks/queue_model.py [--service-ms 1.9] [--cv 0.15] [--loads 0.6 0.7 0.8 0.9]
-        [--calls 400000]
+        [--calls 400000] [--shares 0.5 0.5625 0.625 0.6875]
 """
 
 from __future__ import annotations
@@ -45,6 +51,26 @@ def simulate(
     return float(p50), float(p99)
 
 
+def simulate_split(
+    load: float, share: float, service_ms: float, cv: float, calls: int, seed: int = 0
+) -> tuple[float, float]:
+    """(p50, p99) ms over all calls of two single-server queues that get `share` and
+    1 - `share` of the calls, at `load` averaged over both (inf: the busier one is
+    past saturation)."""
+    if 2 * share * load >= 1:
+        return float("inf"), float("inf")
+    rng = np.random.default_rng(seed)
+    sigma = np.sqrt(np.log1p(cv**2))
+    times = []
+    for part in (share, 1 - share):
+        n = int(calls * part)
+        service = rng.lognormal(np.log(service_ms) - sigma**2 / 2, sigma, n)
+        arrivals = np.cumsum(rng.exponential(service_ms / (2 * part * load), n))
+        times.append(sojourn_times(arrivals, service, 1))
+    p50, p99 = np.percentile(np.concatenate(times), [50, 99])
+    return float(p50), float(p99)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--service-ms", type=float, default=1.9)
@@ -53,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--loads", type=float, nargs="*", default=[0.6, 0.7, 0.8, 0.9])
     ap.add_argument("--calls", type=int, default=400_000)
+    ap.add_argument("--shares", type=float, nargs="*", default=[],
+                    help="share of the calls the busier of two workers gets (0.5 = even)")  # fmt: skip
     args = ap.parse_args(argv)
     print(f"service {args.service_ms} ms (cv {args.cv}), {args.calls:,} calls per case")
     print(
@@ -66,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
             f"| {load:.2f} | {one[0]:.1f} / {one[1]:.1f} | {two[0]:.1f} / {two[1]:.1f} |",
             flush=True,
         )
+    if args.shares:
+        print()
+        print("| load | " + " | ".join(f"busier worker {s:.1%} p50 / p99 ms" for s in args.shares) + " |")
+        print("|---|" + "---|" * len(args.shares))
+        for load in args.loads:
+            cells = [simulate_split(load, s, args.service_ms, args.cv, args.calls) for s in args.shares]
+            print(f"| {load:.2f} | " + " | ".join(f"{a:.1f} / {b:.1f}" for a, b in cells) + " |", flush=True)
     return 0
 
 
