@@ -193,7 +193,7 @@ def create_server(
     CA). `tokens`: demand a bearer token on every call but health (auth off when
     None). `allow_unauthenticated_reload`: with auth off, let any peer (not only
     loopback ones) call ReloadModel. Raises BindError when the address is taken,
-    SecurityConfigError for an unreadable TLS file. `overload_in_flight`,
+    SecurityConfigError for an unusable TLS file. `overload_in_flight`,
     `standing_after`, `target_wait`, `overload_wait`: the overload rules (see `Admission`).
     """
     if threads < 1:

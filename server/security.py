@@ -32,7 +32,9 @@ import hashlib
 import hmac
 import logging
 import os
+import ssl
 import stat
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,11 +90,31 @@ def _read_pem(path: str, what: str) -> bytes:
     return data
 
 
+def _check_with_openssl(tls: TlsFiles) -> None:
+    """Parse the files as TLS will, so that PEM armour around garbage or a key of another
+    certificate is refused naming the file: gRPC only fails at bind time, naming neither."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for path, what in ((tls.cert, "TLS certificate"), (tls.client_ca, "client CA certificate")):
+        if path:
+            try:
+                context.load_verify_locations(cafile=path)
+            except ssl.SSLError as exc:
+                raise SecurityConfigError(f"the {what} cannot be parsed ({exc})", file=path) from None
+    try:  # a password callback: an encrypted key fails here instead of prompting
+        context.load_cert_chain(tls.cert, tls.key, password=lambda: b"")
+    except ssl.SSLError as exc:
+        why = "does not match" if "KEY_VALUES_MISMATCH" in str(exc) else "cannot be used with"
+        raise SecurityConfigError(
+            f"the TLS private key {why} the certificate {tls.cert} ({exc})", file=tls.key
+        ) from None
+
+
 def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
     """gRPC credentials for `tls`; raises SecurityConfigError naming a bad file."""
     cert = _read_pem(tls.cert, "TLS certificate")
     key = _read_pem(tls.key, "TLS private key")
     ca = _read_pem(tls.client_ca, "client CA certificate") if tls.client_ca else None
+    _check_with_openssl(tls)
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
     )
@@ -204,6 +226,8 @@ def bearer_token(metadata) -> str | None:
 
 def is_loopback_peer(peer: str) -> bool:
     """True for a gRPC peer string of a local caller (`ipv4:127.x`, `ipv6:[::1]`, `unix:`)."""
+    # gRPC reports IPv6 peers URI-encoded: "ipv6:%5B::1%5D:41234"
+    peer = urllib.parse.unquote(peer)
     return peer.startswith(("ipv4:127.", "ipv6:[::1]", "ipv6:[::ffff:127.", "unix:"))
 
 

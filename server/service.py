@@ -209,10 +209,17 @@ def resolve_bundle_path(requested: str, *, root: Path | None, default: Path | No
     real_root = Path(os.path.realpath(root))
     candidate = Path(requested)
     real = Path(os.path.realpath(candidate if candidate.is_absolute() else real_root / candidate))
+    # shown shortened: a status whose details pass 16 KiB reaches the client as
+    # RESOURCE_EXHAUSTED "metadata size exceeds hard limit" instead
+    shown = repr(requested if len(requested) <= 200 else requested[:200] + "...")
     if os.path.commonpath([real_root, real]) != str(real_root):
-        raise PermissionDenied(f"bundle_path: {requested!r} is outside the server's bundle root")
-    if not real.is_dir():
-        raise InvalidRequest("bundle_path", f"{requested!r} is not a directory")
+        raise PermissionDenied(f"bundle_path: {shown} is outside the server's bundle root")
+    try:
+        is_dir = real.is_dir()
+    except OSError as exc:  # ENAMETOOLONG, EACCES: Path.is_dir ignores only "not found"
+        raise InvalidRequest("bundle_path", f"{shown} cannot be read: {exc.strerror}") from None
+    if not is_dir:
+        raise InvalidRequest("bundle_path", f"{shown} is not a directory")
     return real
 
 
@@ -240,6 +247,10 @@ class ReloadBroadcast:
         self._holder = holder
         self._poll = poll_seconds
         self._applied: str | None = None  # token of the last state this process acted on
+        # a poll's read + load and a ReloadModel's load + publish never interleave: a poll
+        # that read another worker's state, then loaded it after this process loaded and
+        # published its own, left this process on a bundle the state file no longer named
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -249,6 +260,13 @@ class ReloadBroadcast:
     def mark_applied(self, token: str | None) -> None:
         """Record that this process already serves the state with `token`."""
         self._applied = token
+
+    def load_and_publish(self, bundle_dir: Path) -> tuple[str | None, str]:
+        """`ModelHolder.load(isolate=True)`, then `publish` what it loaded."""
+        with self._lock:
+            previous, version = self._holder.load(bundle_dir, isolate=True)
+            self.publish(bundle_dir, version)
+        return previous, version
 
     def publish(self, bundle_dir: Path, version: str) -> None:
         token = uuid.uuid4().hex
@@ -268,20 +286,21 @@ class ReloadBroadcast:
 
     def poll_once(self) -> bool:
         """Apply the state file if it names a reload this process has not applied."""
-        state = self.read()
-        if state is None or state["token"] == self._applied:
-            return False
-        self._applied = state["token"]  # applied or refused: either way do not retry every second
-        try:
-            self._holder.load(state["bundle_path"])
-        except BundleError:
-            log.error(
-                "reload from %s not applied in pid %d: this worker keeps its bundle",
-                self.path,
-                os.getpid(),
-            )
-            return False
-        return True
+        with self._lock:
+            state = self.read()
+            if state is None or state["token"] == self._applied:
+                return False
+            self._applied = state["token"]  # applied or refused: do not retry every second
+            try:
+                self._holder.load(state["bundle_path"])
+            except BundleError:
+                log.error(
+                    "reload from %s not applied in pid %d: this worker keeps its bundle",
+                    self.path,
+                    os.getpid(),
+                )
+                return False
+            return True
 
     def start(self) -> None:
         if self._thread is None:
@@ -380,7 +399,8 @@ class RecommendServicer(pb_grpc.RecommendServiceServicer):
         path = resolve_bundle_path(
             request.bundle_path, root=self._root, default=self._startup_bundle
         )
-        previous, version = self._holder.load(path, isolate=True)
         if self._broadcast is not None:
-            self._broadcast.publish(path, version)
+            previous, version = self._broadcast.load_and_publish(path)
+        else:
+            previous, version = self._holder.load(path, isolate=True)
         return pb.ReloadModelResponse(model_version=version, previous_version=previous or "")

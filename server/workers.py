@@ -155,6 +155,11 @@ def _ready_line(config: ServeConfig, port: int, pids: list[int], version: str) -
 def serve(config: ServeConfig) -> int:
     if config.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {config.workers}")
+    # here, not only in create_server: in a spawned worker the error is a traceback
+    if config.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {config.threads}")
+    if config.max_in_flight is not None and config.max_in_flight < 1:
+        raise ValueError(f"--max-in-flight must be >= 1, got {config.max_in_flight}")
     # Before any thread or worker starts: threads and spawned workers inherit the policy.
     policy = apply_cpu_policy(config.cpu_policy)
     log.info("CPU policy: %s", policy)

@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import uuid
 
 import grpc
@@ -23,6 +24,7 @@ from xsell.server.security import (
 )
 
 from xsell.v1 import xsell_pb2 as pb
+from xsell.v1 import xsell_pb2_grpc as pb_grpc
 
 from ..conftest import serve_command
 from .conftest import good_request, stub_for
@@ -111,6 +113,23 @@ def test_unreadable_tls_files_are_named(make_server, pki, tmp_path):
         assert named in str(info.value)
 
 
+def test_tls_files_grpc_cannot_use_are_named_not_a_bind_error(make_server, pki, tmp_path):
+    # PEM armour around garbage, or a key of another certificate: gRPC fails at bind time
+    # ("cannot listen on 127.0.0.1:0"), naming neither the file nor the problem.
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+    for files, named, words in (
+        (TlsFiles(str(pki.server_cert), str(pki.rogue_key)), pki.rogue_key, "does not match"),
+        (TlsFiles(str(garbage), str(pki.server_key)), garbage, "TLS certificate"),
+        (TlsFiles(str(pki.server_cert), str(garbage)), garbage, "TLS private key"),
+        (TlsFiles(str(pki.server_cert), str(pki.server_key), str(garbage)), garbage, "client CA"),
+    ):
+        with pytest.raises(SecurityConfigError) as info:
+            make_server(tls=files)
+        assert str(info.value).startswith(f"{named}: "), str(info.value)
+        assert words in str(info.value), str(info.value)
+
+
 # ------------------------------------------------------------------ bearer tokens
 
 
@@ -180,14 +199,39 @@ def test_reload_needs_an_admin_token(
 
 def test_without_auth_reload_is_for_local_callers_unless_opened():
     for peer in ("ipv4:127.0.0.1:41234", "ipv6:[::1]:5000", "unix:/run/xsell.sock",
-                 "ipv6:[::ffff:127.0.0.1]:80"):  # fmt: skip
+                 "ipv6:[::ffff:127.0.0.1]:80",
+                 # what gRPC really reports: the brackets URI-encoded
+                 "ipv6:%5B::1%5D:5000", "ipv6:%5B::ffff:127.0.0.1%5D:80"):  # fmt: skip
         assert is_loopback_peer(peer) and reload_allowed(
             auth_on=False, allow_unauthenticated=False, peer=peer
         )
-    for peer in ("ipv4:10.0.0.7:5000", "ipv6:[2001:db8::1]:80", "ipv4:128.0.0.1:1", "ipv6:[::2]:1"):
+    for peer in ("ipv4:10.0.0.7:5000", "ipv6:[2001:db8::1]:80", "ipv4:128.0.0.1:1", "ipv6:[::2]:1",
+                 "ipv6:%5B::2%5D:1", "ipv6:%5B2001:db8::1%5D:80"):  # fmt: skip
         assert not is_loopback_peer(peer)
         assert not reload_allowed(auth_on=False, allow_unauthenticated=False, peer=peer)
         assert reload_allowed(auth_on=False, allow_unauthenticated=True, peer=peer)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this host")
+def test_without_auth_a_local_ipv6_caller_may_reload(make_server):
+    # gRPC reports such a peer as "ipv6:%5B::1%5D:port": it was refused as remote.
+    srv = make_server(host="::1")
+    with grpc.insecure_channel(f"[::1]:{srv.port}") as channel:
+        stub = pb_grpc.RecommendServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ReloadModel(pb.ReloadModelRequest(bundle_path="no-such-bundle"), timeout=10)
+    # past the peer check: the path is looked at (and is not there)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert info.value.details().startswith("bundle_path: 'no-such-bundle' is not a directory")
 
 
 @pytest.mark.parametrize(
@@ -261,6 +305,26 @@ def test_reload_confinement_follows_symlinks(
         for link in (escape_dir, chain, good_link):
             link.unlink()
         shutil.rmtree(inside)
+
+
+def test_reload_of_a_path_too_long_names_the_field(make_server, bundle_root):
+    # ENAMETOOLONG from the directory check was INTERNAL, and a long path echoed whole in
+    # PERMISSION_DENIED overflowed the status header: the client saw RESOURCE_EXHAUSTED.
+    srv = make_server()
+    channel, stub = stub_for(srv.port)
+    with channel:
+        for path, code in (
+            ("x" * 300, grpc.StatusCode.INVALID_ARGUMENT),  # one name over NAME_MAX
+            ("a/" * 3000, grpc.StatusCode.INVALID_ARGUMENT),  # a path over PATH_MAX
+            ("/etc" + "/x" * 20_000, grpc.StatusCode.PERMISSION_DENIED),
+            ("x" * 20_000, grpc.StatusCode.INVALID_ARGUMENT),
+        ):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ReloadModel(pb.ReloadModelRequest(bundle_path=path), timeout=10)
+            assert info.value.code() == code, (len(path), info.value.details()[:300])
+            assert info.value.details().startswith("bundle_path"), info.value.details()[:300]
+            assert len(info.value.details()) < 1000
+        assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).model_version
 
 
 # ------------------------------------------------------------------ the CLI

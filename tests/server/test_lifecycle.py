@@ -342,3 +342,60 @@ def test_deadline_exceeded_stops_the_work(make_server, facts):
     assert seen("OK") == 1
     total = srv.metrics.sample("xsell_request_latency_seconds_sum", {"method": "RecommendBatch"})
     assert total - full < full / 2
+
+
+class _LoopbackContext:
+    """The one thing ReloadModel asks of its gRPC context: who is calling."""
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+
+def test_workers_agree_after_a_reload_crosses_another_workers(
+    ranker, bundle_dir, copy_bundle, tmp_path
+):
+    """Worker A reloads x while worker B's reload of z reaches A's poller: A's poller had
+    read z's state and loaded z right after A loaded and published x, so A served z while
+    the state file (and so B) said x, and A never looked again."""
+    from xsell.ranking.ranker import Ranker
+    from xsell.server.metrics import ServerMetrics
+    from xsell.server.service import ModelHolder, RecommendServicer, ReloadBroadcast
+
+    tag = uuid.uuid4().hex[:6]
+    for name in ("x", "z"):
+        copy_bundle(bundle_dir, tmp_path / name, version=f"{name}-{tag}")
+    gate = threading.Event()
+
+    def slow_x(path):  # the real load, held at the gate for bundle x
+        if path.name == "x":
+            assert gate.wait(30)
+        return Ranker.load(path)
+
+    state = tmp_path / "reload.json"
+    workers = []
+    for loader in (slow_x, Ranker.load):
+        holder = ModelHolder(loader=loader, probe=lambda _path: None)
+        holder.set(ranker)
+        broadcast = ReloadBroadcast(state, holder)
+        servicer = RecommendServicer(holder, ServerMetrics(), bundle_root=tmp_path,
+                                     broadcast=broadcast)  # fmt: skip
+        workers.append((holder, broadcast, servicer))
+    (holder_a, poll_a, servicer_a), (holder_b, poll_b, servicer_b) = workers
+
+    def reload(servicer, name):
+        servicer.ReloadModel(pb.ReloadModelRequest(bundle_path=name), _LoopbackContext())
+
+    a_reload = threading.Thread(target=reload, args=(servicer_a, "x"))
+    a_reload.start()  # held in the load of x
+    reload(servicer_b, "z")  # B serves z and publishes it
+    a_poll = threading.Thread(target=poll_a.poll_once)
+    a_poll.start()
+    wait_until(lambda: poll_a._applied is not None, timeout=1.0)  # A's poller read z's state
+    gate.set()
+    a_reload.join(30)
+    a_poll.join(30)
+    poll_b.poll_once()
+    poll_a.poll_once()
+    published = json.loads(state.read_text())["version"]
+    versions = (holder_a.current().version, holder_b.current().version)
+    assert versions == (published, published), (versions, published)

@@ -217,3 +217,17 @@ def test_unloadable_bundle_stops_serve(tmp_path):
     assert done.returncode == 2, done.stderr[-3000:]
     assert f"{missing}: not a directory" in done.stderr
     assert "listening" not in done.stdout
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_bad_admission_flags_are_refused_naming_the_flag(bundle_dir, workers):
+    # With workers, each spawned worker died of a ValueError traceback ("threads must be
+    # >= 1") and the supervisor exited 1 once they were gone.
+    for args, words in (
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
+        (["--max-in-flight", "0"], "--max-in-flight must be >= 1, got 0"),
+    ):
+        cmd = serve_command(bundle_dir, "--workers", workers, "--no-pin", *args)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and f"xsell serve: {words}" in done.stderr, done.stderr[-3000:]
+        assert "Traceback" not in done.stderr and "listening" not in done.stdout
