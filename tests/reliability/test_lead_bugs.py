@@ -1,5 +1,5 @@
-"""Bugs found in code this area does not own (ranking/), kept as strict xfail tests so they
-flip to a failure ("XPASS") once fixed and the mark can go."""
+"""Bugs found from this area in code it does not own (ranking/), kept as regression tests
+once fixed (they were strict xfail tests while open)."""
 
 from __future__ import annotations
 
