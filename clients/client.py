@@ -139,7 +139,8 @@ def _read(path: str | os.PathLike | None, what: str) -> bytes | None:
     if path is None:
         return None
     try:
-        return open(path, "rb").read()
+        with open(path, "rb") as f:
+            return f.read()
     except OSError as exc:
         raise ClientConfigError(
             f"tls {what}: cannot read {os.fspath(path)!r}: {exc.strerror}"

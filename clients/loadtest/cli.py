@@ -10,7 +10,20 @@ from pathlib import Path
 
 from xsell.clients.cli import add_security_arguments
 
+from xsell.cli import positive_int
+
 __all__ = ["add_parser"]
+
+
+def _non_negative_int(value: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return n
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,15 +39,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target", choices=("recommend", "health"), default="recommend",
                    help="RecommendService.Recommend, or the standard health Check (a bare gRPC call)")  # fmt: skip
     load = p.add_mutually_exclusive_group()
-    load.add_argument(
-        "--concurrency", type=int, default=None, help="closed loop: calls in flight (default 16)"
-    )
+    load.add_argument("--concurrency", type=positive_int, default=None,
+                      help="closed loop: calls in flight (default 16)")  # fmt: skip
     load.add_argument("--rate", type=float, default=None,
                       help="open loop: calls/s; latency counts from the scheduled send time")  # fmt: skip
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     p.add_argument("--procs", type=int, default=1, help="client processes")
-    p.add_argument("--connections", type=int, default=0,
+    p.add_argument("--connections", type=_non_negative_int, default=0,
                    help="connections per client process (0 = one per caller, or 16 in open loop)")  # fmt: skip
     p.add_argument("--requests", type=Path, default=None,
                    help="request file (JSON Lines of RecommendRequest), cycled; see `xsell loadtest requests`")  # fmt: skip
@@ -80,21 +92,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--cache", type=Path, default=None, help="Ta-Feng wheel cache (see `xsell data tafeng`)"
     )
-    r.add_argument("-n", "--count", type=int, default=5000, help="requests to write")
-    r.add_argument("--cart-size", type=int, default=None,
+    r.add_argument("-n", "--count", type=positive_int, default=5000, help="requests to write")
+    r.add_argument("--cart-size", type=positive_int, default=None,
                    help="take exactly this many items of baskets that have as many (default: whole basket)")  # fmt: skip
-    r.add_argument(
-        "--max-cart", type=int, default=10, help="cap on cart lines when taking whole baskets"
-    )
+    r.add_argument("--max-cart", type=positive_int, default=10,
+                   help="cap on cart lines when taking whole baskets")  # fmt: skip
     r.add_argument(
         "--strategies",
         default="both=1",
         help="strategy weights, e.g. both=0.6,cross_sell=0.3,up_sell=0.1",
     )
     r.add_argument("--period-days", type=int, default=28, help="replay the last N days (0 = all)")
-    r.add_argument(
-        "--limit", type=int, default=0, help="RecommendRequest.limit (0 = server default)"
-    )
+    r.add_argument("--limit", type=_non_negative_int, default=0,
+                   help="RecommendRequest.limit (0 = server default)")  # fmt: skip
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(func=_requests)
 
@@ -176,12 +186,21 @@ def _run(args: argparse.Namespace) -> int:
               f"{(base['latency_ms'] or {}).get('p99', float('nan')):.2f} ms, errors {base['errors'] or 'none'}")  # fmt: skip
         print(f"Recommend QPS / health QPS = {ratio:.3f}")
     if args.json:
-        write_json(rep, args.json)
+        _write("--json", args.json, lambda: write_json(rep, args.json))
         print(f"report: {args.json}")
     if args.png:
-        plot(rep, latencies_ok_s(raw), args.png)
+        _write("--png", args.png, lambda: plot(rep, latencies_ok_s(raw), args.png))
         print(f"plots: {args.png}")
     return 1 if rep["errors"] else 0
+
+
+def _write(flag: str, path: Path, write) -> None:
+    """A report file that cannot be written: a message naming the flag, not a traceback
+    (the table is printed already)."""
+    try:
+        write()
+    except OSError as exc:
+        raise SystemExit(f"xsell loadtest: {flag} {path}: {exc.strerror or exc}") from None
 
 
 def _requests(args: argparse.Namespace) -> int:
@@ -218,7 +237,10 @@ def _requests(args: argparse.Namespace) -> int:
                                period_days=args.period_days or None, limit=args.limit)  # fmt: skip
         period = f"last {args.period_days} days" if args.period_days else "all days"
         source = f"{source}, {period}"
-    write_requests(reqs, args.out)
+    try:
+        write_requests(reqs, args.out)
+    except OSError as exc:
+        raise SystemExit(f"xsell loadtest requests: --out {args.out}: {exc.strerror or exc}") from None
     carts = [len(r.get("cart", [])) for r in reqs]
     print(f"{len(reqs):,} requests from {source} -> {args.out} "
           f"(cart lines mean {sum(carts) / len(carts):.1f}, max {max(carts)})")  # fmt: skip

@@ -211,10 +211,14 @@ def write_requests(requests: Sequence[dict], path: str | Path) -> Path:
         json_format.ParseDict(r, pb.RecommendRequest())  # refuse what the reader would refuse
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in requests:
-            f.write(json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n")
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in requests:
+                f.write(json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written file beside the one asked for
+        raise
     return path
 
 
@@ -244,7 +248,9 @@ def describe(requests: Sequence[pb.RecommendRequest]) -> dict:
     """Shape of a mix: count, strategies, cart sizes (for the report)."""
     strategies: dict[str, int] = {}
     for r in requests:
-        name = pb.Strategy.Name(r.strategy)
+        # a number this code has no name for stays a number, as in the proto3 JSON mapping
+        known = r.strategy in pb.Strategy.values()
+        name = pb.Strategy.Name(r.strategy) if known else str(r.strategy)
         strategies[name] = strategies.get(name, 0) + 1
     carts = np.array([len(r.cart) for r in requests])
     return {

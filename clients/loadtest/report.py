@@ -262,7 +262,7 @@ def plot(rep: dict, latencies_s: np.ndarray, path: str | Path) -> Path:
     ax2.set_xlabel("latency, ms (log)")
     ax2.set_ylabel("calls")
     ax2.set_title("latency distribution (ok calls)")
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")  # else a path without ".png" gets one appended
     plt.close(fig)
     return path
 

@@ -103,6 +103,8 @@ class LoadConfig:
             raise ValueError("duration and timeout must be > 0 and warmup >= 0")
         if self.procs < 1:
             raise ValueError(f"procs must be >= 1, got {self.procs}")
+        if self.connections < 0:
+            raise ValueError(f"connections must be >= 0, got {self.connections}")
         if self.concurrency is not None and self.concurrency < self.procs:
             raise ValueError(
                 f"concurrency {self.concurrency} < procs {self.procs}: a process would be idle"
@@ -263,9 +265,11 @@ async def _client(
             callers, w1, lambda k, j, due: one(calls[k % len(calls)], seq[j % len(seq)], due)
         )
     else:
-        offsets = arrival_offsets(
-            share, cfg.warmup + cfg.duration, seed=cfg.seed * 1009 + index, arrival=cfg.arrival
-        )
+        horizon = cfg.warmup + cfg.duration
+        offsets = arrival_offsets(share, horizon, seed=cfg.seed * 1009 + index, arrival=cfg.arrival)
+        if cfg.arrival == "uniform":  # process i starts i/rate later: the processes interleave
+            offsets = offsets + index / cfg.rate  # instead of sending `procs` calls at once
+            offsets = offsets[offsets < horizon]
         await open_loop(start + offsets, lambda j, due: one(calls[j % len(calls)], seq[j % len(seq)], due),
                         cfg.max_outstanding, lambda due: rec.add(due, math.nan, math.nan, BACKLOG))  # fmt: skip
     progress.cancel()

@@ -6,7 +6,9 @@ Answers are checked against the test data (catalog categories and prices), the b
 
 from __future__ import annotations
 
+import gc
 import math
+import warnings
 from concurrent import futures
 
 import grpc
@@ -358,6 +360,16 @@ def test_bad_configuration_is_refused_up_front(make):
 def test_missing_tls_file_is_named(tmp_path):
     with pytest.raises(ClientConfigError, match=r"client_key: cannot read '.*key\.pem'"):
         TlsOptions(client_cert=__file__, client_key=tmp_path / "key.pem").credentials()
+
+
+def test_tls_files_are_closed_once_read(pki):
+    """Each connection reads the PEM files; none is left open for the GC to close."""
+    tls = TlsOptions(ca_cert=pki.ca, client_cert=pki.client_cert, client_key=pki.client_key)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        tls.credentials()
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
 
 
 def test_tls_channel_really_speaks_tls(address):

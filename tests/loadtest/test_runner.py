@@ -135,6 +135,16 @@ def test_open_loop_over_grpc_counts_server_queueing(slow_server):
     assert rep["calls"] == len(lat) == 150 and rep["errors"] == {}
 
 
+def test_uniform_open_loop_over_processes_interleaves(slow_server):
+    """60/s over 2 processes is one call every 1/60 s, not 2 calls at once every 1/30 s."""
+    rate, duration = 60.0, 1.0
+    cfg = LoadConfig(address=slow_server, target="health", concurrency=None, rate=rate, duration=duration,
+                     warmup=0.0, arrival="uniform", timeout=10.0, procs=2)  # fmt: skip
+    s = window_samples(run_load(cfg, [health_body()]))
+    assert np.all(s["code"] == "OK")
+    assert np.allclose(s["t"], arrival_offsets(rate, duration, seed=0, arrival="uniform"))
+
+
 def test_closed_loop_over_grpc_matches_the_server_capacity(slow_server):
     cfg = LoadConfig(
         address=slow_server, target="health", concurrency=2, duration=1.5, warmup=0.3, procs=2
@@ -156,3 +166,5 @@ def test_config_validation():
         LoadConfig(target="everything").validated()
     with pytest.raises(ValueError, match="idle"):
         LoadConfig(concurrency=2, procs=3).validated()
+    with pytest.raises(ValueError, match="connections must be >= 0"):
+        LoadConfig(connections=-1).validated()

@@ -142,6 +142,13 @@ def test_request_file_roundtrip_and_errors(tmp_path, dataset):
         read_requests(write_text(tmp_path / "empty.jsonl", "\n# nothing\n"))
 
 
+def test_describe_names_a_strategy_newer_than_this_client(tmp_path):
+    """An enum number the reader accepts (proto3 keeps unknown values) is described by its
+    number, as the proto3 JSON mapping prints it, instead of ending the run in a traceback."""
+    path = write_text(tmp_path / "mix.jsonl", '{"strategy": 7}\n{"strategy": "STRATEGY_UP_SELL"}\n')
+    assert describe(read_requests(path))["strategies"] == {"7": 1, "STRATEGY_UP_SELL": 1}
+
+
 def write_text(path, text):
     path.write_text(text)
     return path
