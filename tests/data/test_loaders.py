@@ -372,6 +372,35 @@ def test_malformed_csv_row_is_counted_with_its_line(tmp_path):
     assert info.value.row == 6
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_rows_are_file_lines_across_empty_lines(tmp_path, newline):
+    # the CSV reader skips empty lines: the rows it names must still be the file's lines
+    lines = [
+        "item_id,category,price",  # line 1
+        "A,x,1",  # 2
+        "",  # 3
+        "B,x,1,9",  # 4: malformed
+        "",  # 5
+        "",  # 6
+        "C,x,-3",  # 7: negative price
+        "D,x,4",  # 8
+        "D,x,5",  # 9: conflicting duplicate of line 8
+    ]
+    path = tmp_path / "c.csv"
+    path.write_bytes(newline.join([*lines[:-1], ""]).encode())
+    report = load_dataset(write(tmp_path, "e.csv", "user_id,item_id,timestamp\n"), path).report
+    assert report.rows_read["catalog"] == 4 and report.rows_kept["catalog"] == 2
+    assert "row 4:" in report.examples["catalog/row: wrong number of fields"][0]
+    assert "row 7," in report.examples["catalog/price: negative"][0]
+    with pytest.raises(DataError) as info:
+        load_catalog(path, strict=True)
+    assert info.value.row == 4
+    path.write_bytes(newline.join([*lines, ""]).encode())
+    with pytest.raises(DataError) as info:
+        load_catalog(path)
+    assert info.value.row == 9 and "row 8 has" in str(info.value)
+
+
 # ----------------------------------------------------------------- fatal problems
 
 
@@ -452,6 +481,13 @@ def test_unreadable_files_are_fatal(tmp_path):
         with pytest.raises(DataError) as info:
             load_catalog(path)
         assert info.value.file == str(path), name
+    # found by fuzz/fuzz_loaders.py: a quoted header name running past the first line
+    # (which alone is valid UTF-8) into bytes that are not UTF-8 escaped from pyarrow
+    path = tmp_path / "quoted_header.csv"
+    path.write_bytes(b'"a\n\xff\xfe",b\nx,y\n')
+    with pytest.raises(DataError) as info:
+        load_catalog(path)
+    assert (info.value.file, info.value.row) == (str(path), 1)
     (tmp_path / "adir.csv").mkdir()
     with pytest.raises(DataError, match="directory"):
         load_catalog(tmp_path / "adir.csv")

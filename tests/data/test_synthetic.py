@@ -75,6 +75,9 @@ def test_anchors_mean_sets_the_basket_size_not_the_event_volume():
         volumes.append(len(ev))
     assert sizes[0] < sizes[1] < sizes[2] and sizes[2] > 2 * sizes[1]
     assert max(volumes) / min(volumes) < 1.3
+    # the recorded parameters regenerate the same shop
+    big = generate_frames(**SMALL, seed=1, anchors_mean=4.0)
+    pd.testing.assert_frame_equal(generate_frames(**big.params).events, big.events)
     with pytest.raises(DataError, match="anchors_mean"):
         generate_frames(**SMALL, anchors_mean=-1.0)
 

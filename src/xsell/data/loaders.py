@@ -249,6 +249,14 @@ def _read(path: str | Path) -> _Raw:
                 raise located from None
             msg = f"file is not valid UTF-8 text ({msg})"
         raise DataError(f"cannot read CSV file: {msg}", file=str(path)) from exc
+    try:
+        names = table.column_names
+    except UnicodeDecodeError:  # a quoted name ran past the first line into non-UTF-8 bytes
+        raise DataError(
+            "cannot read the header line: a column name is not valid UTF-8 text",
+            file=str(path),
+            row=1,
+        ) from None
     n_total = table.num_rows + len(bad)
     # Data record i (0-based) sits on row i + 2: the header is row 1.
     bad_rows = [num if num is not None else -1 for num, _ in bad]
@@ -256,7 +264,34 @@ def _read(path: str | Path) -> _Raw:
     if bad:
         rows = np.setdiff1d(rows, np.asarray(bad_rows), assume_unique=True)[: table.num_rows]
     malformed = [(r, m) for r, (_, m) in zip(bad_rows, bad, strict=True)]
-    return _Raw(str(path), fmt, {n: table.column(n) for n in table.column_names}, rows, malformed)
+    empty = _empty_lines(path)
+    if len(empty):  # the reader skips empty lines and numbers the rest: back to file lines
+        rows = _file_lines(rows, empty)
+        malformed = [(int(_file_lines(r, empty)) if r >= 0 else r, m) for r, m in malformed]
+    return _Raw(str(path), fmt, {n: table.column(n) for n in names}, rows, malformed)
+
+
+def _empty_lines(path: Path) -> np.ndarray:
+    """Sorted numbers (1-based) of the empty lines of a CSV file: nothing before LF or CRLF."""
+    try:
+        with _open_bytes(path) as fh:
+            data = fh.read()
+    except (OSError, EOFError):
+        return np.zeros(0, dtype=np.int64)
+    if b"\n\n" not in data and b"\n\r\n" not in data:  # the usual case: no scan
+        return np.zeros(0, dtype=np.int64)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == ord("\n"))
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    empty = (ends == starts) | ((ends == starts + 1) & (buf[np.maximum(ends - 1, 0)] == ord("\r")))
+    return np.flatnonzero(empty).astype(np.int64) + 1
+
+
+def _file_lines(rows, empty: np.ndarray):
+    """Row numbers counted without the `empty` lines (as the CSV reader numbers rows) ->
+    line numbers in the file."""
+    # the first row after empty line empty[j] (0-based j) is numbered empty[j] - j
+    return rows + np.searchsorted(empty - np.arange(len(empty)), rows, side="right")
 
 
 def _check_valid(col: pa.ChunkedArray, name: str, path: Path) -> None:

@@ -340,6 +340,7 @@ def generate_frames(
         days=days,
         seed=seed,
         events_per_user=events_per_user,
+        anchors_mean=anchors_mean,
     )
     return SyntheticData(events, catalog, users, truth, params)
 
