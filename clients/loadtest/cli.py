@@ -46,6 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     p.add_argument("--procs", type=int, default=1, help="client processes")
+    p.add_argument("--no-balance", dest="balance", action="store_false",
+                   help="send calls over the connections in turn, however the kernel spread them over "
+                        "the server's workers (default: every worker gets the same share)")  # fmt: skip
     p.add_argument("--connections", type=_non_negative_int, default=0,
                    help="connections per client process (0 = one per caller, or 16 in open loop)")  # fmt: skip
     p.add_argument("--requests", type=Path, default=None,
@@ -133,6 +136,7 @@ def _run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         procs=args.procs,
         connections=args.connections,
+        balance=args.balance,
         timeout=args.timeout,
         connect_timeout=args.connect_timeout,
         arrival=args.arrival,

@@ -39,6 +39,18 @@ def window_samples(raw: RawRun) -> dict[str, np.ndarray]:
     return {k: v[order] for k, v in out.items()}
 
 
+def worker_split(raw: RawRun) -> dict:
+    """How the connections fell on the server's workers, and whether calls were balanced
+    over them (every process knew the worker behind each of its connections)."""
+    known = [p.workers for p in raw.procs]
+    conns: dict[str, int] = {}
+    for owners in known:
+        for w in owners:
+            conns[w] = conns.get(w, 0) + 1
+    return {"balanced": bool(raw.config.balance and known and all(known)),
+            "connections_per_worker": dict(sorted(conns.items()))}  # fmt: skip
+
+
 def build_report(raw: RawRun, *, mix: dict | None = None) -> dict:
     cfg = raw.config
     s = window_samples(raw)
@@ -77,6 +89,7 @@ def build_report(raw: RawRun, *, mix: dict | None = None) -> dict:
             "checked_responses": checked,
         },
         "timeline": timeline(s["t"], s["latency"], ok, duration=cfg.duration),
+        "workers": worker_split(raw),
     }
     if cfg.mode == "open":
         sent = ~np.isnan(s["lag"])
@@ -156,6 +169,13 @@ def format_table(rep: dict) -> str:
     c = rep["client"]
     lines.append(f"  client CPU   {c['cpu_cores']:.2f} cores ({100 * c['cpu_share_of_host']:.0f}% of the host) "
                  f"over {c['procs']} process(es)")  # fmt: skip
+    w = rep.get("workers") or {}
+    if w.get("connections_per_worker"):
+        split = " / ".join(str(n) for n in w["connections_per_worker"].values())
+        lines.append(f"  workers      {len(w['connections_per_worker'])} seen, connections {split}; calls "
+                     + ("balanced over them" if w["balanced"] else "over the connections in turn"))  # fmt: skip
+    elif cfg.get("balance"):
+        lines.append("  workers      not known (the server does not say): calls over the connections in turn")
     chk = c["checked_responses"]
     if chk.get("decoded"):
         if cfg["target"] == "recommend":

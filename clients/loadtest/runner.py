@@ -3,7 +3,9 @@
 Each client process runs one asyncio loop with `grpc.aio` (measured here: ~120 µs of
 client CPU per call, the cheapest of sync threads, futures and aio) over several
 connections of its own (`grpc.use_local_subchannel_pool`), since the server's kernel
-balances connections, not calls, across its worker processes. Requests are encoded
+spreads connections, not calls, across its worker processes; it learns the worker
+behind each connection and gives every worker the same share of the calls (`balance`).
+Requests are encoded
 once up front and responses are not decoded (except one in `check_every`, to check
 they are sane), so the client spends its time in gRPC, not protobuf.
 
@@ -49,8 +51,12 @@ BACKLOG = "CLIENT_BACKLOG"  # open loop: too many calls outstanding, the call wa
 # The server's workers share the port and the kernel gives each connection to one of
 # them: with 4 per process an open loop's calls landed mostly on one worker of 2 at
 # times, more than its capacity (bench_load, session 3: every overload episode on one
-# worker). 16 keep the split near even.
+# worker). 16 make an empty worker unlikely, not an even split: 10:6 or worse in 45% of
+# connection sets (binomial), which at 70% load doubles the p99 (queue_model.py
+# --shares). So by default calls are balanced over the workers (`balance`).
 OPEN_LOOP_CONNECTIONS = 16
+MODEL_INFO_METHOD = "/xsell.v1.RecommendService/GetModelInfo"
+WORKER_TRAILER = "xsell-worker-pid"  # server/service.py: which worker process answered
 START_MARGIN_S = 0.5  # between "every process is connected" and the first call
 # gRPC core's words for a TCP connection that was never made (nothing listens yet, no
 # route, no name): worth waiting for. Any other failure came after the connection was
@@ -89,6 +95,10 @@ class LoadConfig:
     server_pids: tuple[int, ...] = ()  # their CPU and RSS (children included) are reported
     tls: TlsOptions | None = None  # None = plaintext; see the module's "Security"
     token: str | None = None  # bearer token, sent with every call
+    # ask each connection's worker (GetModelInfo's trailer) and give every worker the same
+    # share of the calls (closed loop: of the callers); off, or for a server that does not
+    # say, calls take the connections in turn
+    balance: bool = True
 
     def validated(self) -> LoadConfig:
         if self.target not in TARGETS:
@@ -132,6 +142,7 @@ class ProcResult:
     code_names: list[str]
     cpu_window_s: float  # this process's CPU seconds within the measured window
     checked: dict = field(default_factory=dict)
+    workers: list[str] = field(default_factory=list)  # the worker behind each connection ([]: unknown)
 
 
 # ------------------------------------------------------------------ client process
@@ -233,6 +244,8 @@ async def _client(
                 raise RuntimeError(
                     f"first call {method}: {exc.code().name}: {exc.details()}"
                 ) from None
+    owners = await _workers_of(channels, cfg, metadata)  # reported either way
+    pick = balanced_pick(owners) if cfg.balance and owners else (lambda i: i % len(calls))
     conn.send(("ready", index))
     start = conn.recv()  # the parent's common start time (CLOCK_MONOTONIC)
     w0, w1 = start + cfg.warmup, start + cfg.warmup + cfg.duration
@@ -261,16 +274,14 @@ async def _client(
     await asyncio.sleep(max(0.0, start - loop.time()))
     if closed:
         # caller k keeps to connection k: its calls always reach the same worker process
-        await closed_loop(
-            callers, w1, lambda k, j, due: one(calls[k % len(calls)], seq[j % len(seq)], due)
-        )
+        await closed_loop(callers, w1, lambda k, j, due: one(calls[pick(k)], seq[j % len(seq)], due))
     else:
         horizon = cfg.warmup + cfg.duration
         offsets = arrival_offsets(share, horizon, seed=cfg.seed * 1009 + index, arrival=cfg.arrival)
         if cfg.arrival == "uniform":  # process i starts i/rate later: the processes interleave
             offsets = offsets + index / cfg.rate  # instead of sending `procs` calls at once
             offsets = offsets[offsets < horizon]
-        await open_loop(start + offsets, lambda j, due: one(calls[j % len(calls)], seq[j % len(seq)], due),
+        await open_loop(start + offsets, lambda j, due: one(calls[pick(j)], seq[j % len(seq)], due),
                         cfg.max_outstanding, lambda due: rec.add(due, math.nan, math.nan, BACKLOG))  # fmt: skip
     progress.cancel()
     if "w1" not in cpu_marks:  # the window ended before the loop got to the mark
@@ -281,8 +292,41 @@ async def _client(
     names = [n for n, _ in sorted(rec.names.items(), key=lambda kv: kv[1])]
     return ProcResult(
         np.array(rec.sched), np.array(rec.sent), np.array(rec.done), np.array(rec.code, dtype=np.int16),
-        names, cpu, dict(check.counts),
+        names, cpu, dict(check.counts), owners,
     )  # fmt: skip
+
+
+async def _workers_of(channels, cfg: LoadConfig, metadata) -> list[str]:
+    """The worker process behind each connection, from GetModelInfo's trailing metadata;
+    [] when the server does not say (another server, or the call is refused)."""
+    import grpc
+
+    owners = []
+    for ch in channels:
+        call = ch.unary_unary(MODEL_INFO_METHOD)(b"", timeout=cfg.timeout, metadata=metadata)
+        try:
+            await call
+            trailer = dict(await call.trailing_metadata() or ())
+        except grpc.aio.AioRpcError:
+            return []
+        if WORKER_TRAILER not in trailer:
+            return []
+        owners.append(str(trailer[WORKER_TRAILER]))
+    return owners
+
+
+def balanced_pick(owners: list[str]) -> Callable[[int], int]:
+    """pick(i) -> connection index: consecutive i go to the workers in turn, and each
+    worker's turns to its connections in turn, so every worker gets the same share
+    whatever number of connections the kernel gave it."""
+    workers = sorted(set(owners))
+    mine = [[k for k, o in enumerate(owners) if o == w] for w in workers]
+
+    def pick(i: int) -> int:
+        conns = mine[i % len(mine)]
+        return conns[(i // len(mine)) % len(conns)]
+
+    return pick
 
 
 async def _connect(channel, cfg: LoadConfig) -> None:

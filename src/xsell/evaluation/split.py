@@ -54,8 +54,9 @@ def _iso(ts: int) -> str:
 def time_split(events: pd.DataFrame, *, test_days: int = 28, valid_days: int = 28) -> TimeSplit:
     """Split `events` (contract dtypes, `timestamp` in epoch seconds) into fit/valid/test.
 
-    Raises DataError when a period would be empty: an evaluation on an empty test period
-    or with no training history is meaningless, not zero.
+    Raises DataError when there are no events or no fit period is left: an evaluation
+    with no training history is meaningless, not zero. The test period always holds the
+    last event; the validation window may be empty (`valid_days=0`, or a gap in the data).
     """
     if test_days <= 0 or valid_days < 0:
         raise ValueError(
