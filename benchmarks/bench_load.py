@@ -102,6 +102,7 @@ def run(cfg, bodies, mix=None) -> dict:
     row["server_cpu_cores"] = sum(p["cpu_cores"] or 0 for p in procs)
     row["server_cpu_ms_per_call"] = srv.get("cpu_ms_per_call")
     row["achieved"] = rep["achieved_rps"]  # every completed call, whatever its status
+    row["workers"] = rep.get("workers")  # connections per worker, balanced or not
     if cfg.mode == "open":
         row["offered"] = cfg.rate
         row["send_lag_p99_ms"] = (rep.get("send_lag_ms") or {}).get("p99")
@@ -198,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--open-share", type=float, default=0.7)
     p.add_argument("--skip-h2load", action="store_true")
     p.add_argument("--skip-open", action="store_true")
+    p.add_argument("--no-balance", action="store_true",
+                   help="calls over the connections in turn, not balanced over the workers (as before session 9)")
     p.add_argument(
         "--skip-closed", action="store_true", help="with the open loop, needs --open-rate"
     )
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = LoadConfig(address=server.address, concurrency=args.concurrency, duration=args.seconds,
                           warmup=args.warmup, procs=args.procs, metrics_url=server.metrics_url,
-                          server_pids=(server.proc.pid,))  # fmt: skip
+                          server_pids=(server.proc.pid,), balance=not args.no_balance)  # fmt: skip
         # one unmeasured run first: the first seconds of a fresh server were slow in every
         # session here (page cache, allocator, branch caches), and they are not the steady state
         run(replace(base, duration=5.0, warmup=0.0), bodies)
