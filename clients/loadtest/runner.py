@@ -512,7 +512,9 @@ def run_load(cfg: LoadConfig, bodies: list[bytes], *, progress: ProgressFn | Non
         procs.append(p)
     try:
         for i, c in enumerate(pipes):
-            kind, payload = _recv(c, procs[i], timeout=60.0)
+            # 60 s to start the process and import gRPC on a busy host, then the
+            # connect timeout it may spend waiting for the server
+            kind, payload = _recv(c, procs[i], timeout=60.0 + cfg.connect_timeout)
             if kind != "ready":
                 raise RuntimeError(payload)
         start = time.monotonic() + START_MARGIN_S
