@@ -44,6 +44,7 @@ from bench_overload import (
     split_cpus,
     start_server,
 )
+from xsell.clients.loadtest.runner import balanced_pick  # the harness's own, session 9
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -75,19 +76,6 @@ async def worker_connections(port: int, payload: bytes, pids: list[int], n: int)
         chans.append(ch)
         owners.append(max(gain, key=gain.get))
     return chans, owners
-
-
-def balanced_pick(owners: list[int]):
-    """pick(i) -> connection index: calls alternate between workers, then between that
-    worker's connections, so every worker gets the same share of the load."""
-    workers = sorted(set(owners))
-    mine = {w: [k for k, o in enumerate(owners) if o == w] for w in workers}
-
-    def pick(i: int) -> int:
-        conns = mine[workers[i % len(workers)]]
-        return conns[(i // len(workers)) % len(conns)]
-
-    return pick
 
 
 def run(args) -> dict:
