@@ -257,8 +257,9 @@ def create_server(
     if tokens is not None:
         interceptors.insert(0, AuthInterceptor(tokens, on_refusal=serving.record_refusal))
     held = max_in_flight + SPARE_THREADS
+    pool = ThreadPoolExecutor(max_workers=held, thread_name_prefix="xsell-rpc")
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=held, thread_name_prefix="xsell-rpc"),
+        pool,
         interceptors=interceptors,
         options=server_options(reuse_port=reuse_port),
         maximum_concurrent_rpcs=held,
@@ -269,15 +270,23 @@ def create_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = _address(host, port)
+    why = ""
     try:
         if credentials is not None:
             bound = server.add_secure_port(address, credentials)
         else:
             bound = server.add_insecure_port(address)
     except RuntimeError as exc:  # grpc >= 1.5x raises instead of returning 0
-        raise BindError(f"cannot listen on {address}: {exc}") from exc
+        bound, why = 0, f": {exc}"
     if bound == 0:
-        raise BindError(f"cannot listen on {address}")
+        # Release them now, not when the garbage collector gets to them: the BindError's
+        # traceback holds this frame (hence `del`, and no `from exc`: gRPC's frames in that
+        # traceback hold the server too). stop() of a never-started server is a no-op in
+        # grpc 1.85 (already in its STOPPED stage); called for a gRPC that holds more.
+        server.stop(None)
+        pool.shutdown(wait=False, cancel_futures=True)
+        del server, pool
+        raise BindError(f"cannot listen on {address}{why}")
     wrapped = XsellServer(
         server,
         port=bound,

@@ -415,6 +415,7 @@ class ServingInterceptor(grpc.ServerInterceptor):
     ) -> None:
         self._metrics = metrics
         self._prefix = f"/{service}/"
+        self._methods = {m.name for m in pb.DESCRIPTOR.pool.FindServiceByName(service).methods}
         self._log = logging.getLogger(ACCESS_LOGGER) if access_log else None
         self._pid = os.getpid()  # the worker that answered: workers share one log
         self._admission = admission
@@ -468,9 +469,10 @@ class ServingInterceptor(grpc.ServerInterceptor):
         )
 
     def _record(
-        self, method: str, code: grpc.StatusCode, elapsed: float, request, response
+        self, method: str, code: grpc.StatusCode, elapsed: float, request, response, counted=True
     ) -> None:
-        self._metrics.requests.labels(method, code.name).inc()
+        if counted:
+            self._metrics.requests.labels(method, code.name).inc()
         access = self._log
         if access is not None and access.isEnabledFor(logging.INFO):
             line = {"method": method, "code": code.name, "latency_ms": round(elapsed * 1e3, 3),
@@ -482,11 +484,24 @@ class ServingInterceptor(grpc.ServerInterceptor):
             access.info(json.dumps(line, ensure_ascii=False))
 
     def record_refusal(self, full_method: str, code: str, caller: str) -> None:
-        """Count and log a call the auth interceptor refused (it never reaches `_wrap`)."""
+        """Count and log a call the auth interceptor refused (it never reaches `_wrap`).
+
+        Only RecommendService methods are counted: xsell_requests_total means calls of
+        that service (health and reflection calls are not counted when they pass), and a
+        label per made-up method name would let any caller grow it without bound. Every
+        refusal gets an access line (the full name of any other method, truncated)."""
         method = full_method.removeprefix(self._prefix)
+        counted = full_method.startswith(self._prefix) and method in self._methods
         token = CALLER.set(caller)
         try:
-            self._record(method, grpc.StatusCode[code], 0.0, None, None)
+            self._record(
+                method if counted else _short(full_method),
+                grpc.StatusCode[code],
+                0.0,
+                None,
+                None,
+                counted=counted,
+            )
         finally:
             CALLER.reset(token)
 

@@ -18,10 +18,12 @@ multiprocess mode. The supervisor sets PROMETHEUS_MULTIPROC_DIR to a fresh
 directory before it starts the workers; each worker writes its samples there
 (mmap files), and the supervisor alone serves `--metrics-port` with a
 MultiProcessCollector that sums them (gauges: in-flight is summed over live
-workers, model info is reported per worker pid). Calls refused by the in-flight
-bound and by the auth interceptor are counted (RESOURCE_EXHAUSTED, UNAUTHENTICATED,
-PERMISSION_DENIED); only calls gRPC refuses itself past `maximum_concurrent_rpcs`
-(the last-resort bound) are not: it answers them in its polling thread.
+workers, model info is reported per worker pid). RecommendService calls refused by
+the in-flight bound and by the auth interceptor are counted (RESOURCE_EXHAUSTED,
+UNAUTHENTICATED, PERMISSION_DENIED); only calls gRPC refuses itself past
+`maximum_concurrent_rpcs` (the last-resort bound) are not: it answers them in its
+polling thread. Refused calls of other services (reflection) or of methods that do not
+exist are not RecommendService calls: not counted (they get an access line).
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ against *every* known digest, so neither the length nor the position of a known
 token shows in the timing. Tokens never reach a log; the caller's NAME does.
 
 `AuthInterceptor` (the outermost interceptor) answers UNAUTHENTICATED for a missing
-or unknown token and PERMISSION_DENIED for a non-admin caller of an admin method,
-before the request is even deserialised. Health checks are exempt (load
+or unknown token (whatever the method, even one that does not exist) and
+PERMISSION_DENIED for a non-admin caller of an admin method, before admission and
+before the request is even received. Health checks are exempt (load
 balancers probe without credentials). Without a token file auth is off; then the
 admin method (ReloadModel) is allowed only from a loopback peer unless
 `allow_unauthenticated_reload` is set (see `reload_allowed`).
@@ -245,27 +246,27 @@ def reload_allowed(*, auth_on: bool, allow_unauthenticated: bool, peer: str) -> 
 # ----------------------------------------------------------------- interceptor
 
 
-def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str, on_call):
-    """A handler of the same arity as `handler` that answers `code` without parsing input."""
+def _refusal_handler(code: grpc.StatusCode, details: str, on_call) -> grpc.RpcMethodHandler:
+    """A handler that answers `code` without receiving or parsing the request.
 
-    def refuse(_request, context):
+    It does not need the method's arity (which only the handler lookup, admission
+    included, could tell): declared request-streaming, gRPC runs it without waiting for a
+    request, and setting the status and returning no message ends a call of any arity
+    on the wire (the serving interceptor's admission refusal does the same)."""
+
+    def refuse(_requests, context):
         on_call()
-        context.abort(code, details)
+        context.set_code(code)
+        context.set_details(details)
 
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse)
-    return grpc.unary_unary_rpc_method_handler(refuse)
+    return grpc.stream_unary_rpc_method_handler(refuse)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
     """Bearer-token check for every method but health; admin check for ADMIN_METHODS.
 
-    `on_refusal(method, code_name, caller)` is called (on a pool thread) for each
-    refused call, for metrics and the access log.
+    `on_refusal(full_method, code_name, caller)` is called (on a pool thread) for each
+    refused call, of any method, for metrics and the access log.
     """
 
     def __init__(
@@ -281,26 +282,26 @@ class AuthInterceptor(grpc.ServerInterceptor):
         method = details.method
         if method.startswith(HEALTH_PREFIX):
             return continuation(details)
-        handler = continuation(details)
-        if handler is None:
-            return None  # unknown method: gRPC answers UNIMPLEMENTED
+        # Checked before `continuation`: the handler lookup runs the inner interceptors, and
+        # the serving one admits RecommendService calls there (takes a ticket, or counts a
+        # shed and may enter the overload state), which a refused call must not touch. So
+        # a call to a method that does not exist is UNAUTHENTICATED too, not UNIMPLEMENTED:
+        # an unauthenticated caller learns nothing about the API.
         token = bearer_token(details.invocation_metadata)
         caller = self._tokens.lookup(token) if token is not None else None
         if caller is None:
             reason = "missing" if token is None else "unknown"
-            return _abort_handler(
-                handler,
+            return _refusal_handler(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"{reason} bearer token (send `authorization: Bearer <token>`)",
                 lambda: self._on_refusal(method, "UNAUTHENTICATED", ""),
             )
         if method in ADMIN_METHODS and not caller.admin:
-            return _abort_handler(
-                handler,
+            return _refusal_handler(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"caller {caller.name!r} is not an admin; {method.rsplit('/', 1)[-1]} needs an "
                 "admin token",
                 lambda: self._on_refusal(method, "PERMISSION_DENIED", caller.name),
             )
         CALLER.set(caller.name)
-        return handler
+        return continuation(details)

@@ -82,18 +82,25 @@ class ServeConfig:
 
         Raises SecurityConfigError naming a bad file, ValueError for bad flag combinations.
         """
-        from xsell.server.security import TlsFiles, load_tokens, server_credentials
+        from xsell.server.security import load_tokens, server_credentials
 
-        tls = None
+        tls = self.tls_files()
+        if tls is not None:
+            server_credentials(tls)  # reads every file: a bad one fails here, not in a worker
+        tokens = load_tokens(self.auth_tokens) if self.auth_tokens else None
+        return tls, tokens
+
+    def tls_files(self):
+        """TlsFiles | None from the flags, files not read; ValueError for bad combinations."""
+        from xsell.server.security import TlsFiles
+
         if self.tls_cert or self.tls_key:
             if not (self.tls_cert and self.tls_key):
                 raise ValueError("--tls-cert and --tls-key go together")
-            tls = TlsFiles(self.tls_cert, self.tls_key, self.tls_client_ca)
-            server_credentials(tls)  # reads every file: a bad one fails here, not in a worker
-        elif self.tls_client_ca:
+            return TlsFiles(self.tls_cert, self.tls_key, self.tls_client_ca)
+        if self.tls_client_ca:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
-        tokens = load_tokens(self.auth_tokens) if self.auth_tokens else None
-        return tls, tokens
+        return None
 
 
 CPU_POLICIES = ("batch", "normal")
@@ -163,22 +170,23 @@ def serve(config: ServeConfig) -> int:
     # Before any thread or worker starts: threads and spawned workers inherit the policy.
     policy = apply_cpu_policy(config.cpu_policy)
     log.info("CPU policy: %s", policy)
-    _tls, tokens = config.security()  # fail fast, before any worker starts
+    # Read once, here: before any worker starts (fail fast), and its warnings logged once.
+    # Workers get the table, not the path: a restarted one checks the tokens its siblings do.
+    tls, tokens = config.security()
     if tokens is not None:
         log.info("bearer-token auth on: %d callers (%s)", len(tokens), ", ".join(tokens.names))
     elif config.allow_unauthenticated_reload:
         log.warning("auth is off and ReloadModel is open to every peer")
     if config.workers == 1:
-        return _serve_in_process(config)
-    return Supervisor(config).run()
+        return _serve_in_process(config, tls, tokens)
+    return Supervisor(config, tokens).run()
 
 
-def _serve_in_process(config: ServeConfig) -> int:
+def _serve_in_process(config: ServeConfig, tls, tokens) -> int:
     from xsell.server.app import configure_access_log, create_server, run_until_signalled
     from xsell.server.metrics import serve_metrics
 
     configure_access_log(config.access_log)
-    tls, tokens = config.security()
     server, port = create_server(
         config.bundle,
         host=config.host,
@@ -215,8 +223,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(config: ServeConfig, slot: int, cpu: int | None, state_file: str, ready) -> None:
-    """Entry point of one spawned worker process."""
+def worker_main(
+    config: ServeConfig, slot: int, cpu: int | None, state_file: str, ready, tokens=None
+) -> None:
+    """Entry point of one spawned worker process; `tokens`: the TokenTable `serve` read."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards SIGTERM
     _die_with_parent()
     if cpu is not None:
@@ -230,7 +240,7 @@ def worker_main(config: ServeConfig, slot: int, cpu: int | None, state_file: str
     from xsell.errors import BundleError
 
     configure_access_log(config.access_log)
-    tls, tokens = config.security()
+    tls = config.tls_files()  # create_server reads them (the supervisor checked them)
     # A restarted worker comes back on the bundle the group switched to last.
     published = read_reload_state(state_file)
     candidates = [published["bundle_path"]] if published is not None else []
@@ -310,8 +320,9 @@ class Supervisor:
     YOUNG = 10.0  # a worker dying younger than this counts towards back-off
     MAX_BACKOFF = 10.0
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: ServeConfig, tokens=None) -> None:
         self.config = config
+        self.tokens = tokens  # TokenTable (digests only) for every worker; None = auth off
         self._stop_signal: int | None = None
 
     def _on_signal(self, signum: int, _frame) -> None:
@@ -370,7 +381,7 @@ class Supervisor:
     def _start(self, ctx, slot: _Slot, state_file: str, ready) -> None:
         process = ctx.Process(
             target=worker_main,
-            args=(self.config, slot.index, slot.cpu, state_file, ready),
+            args=(self.config, slot.index, slot.cpu, state_file, ready, self.tokens),
             name=f"xsell-worker-{slot.index}",
         )
         process.start()

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -404,3 +405,36 @@ def test_calls_abandoned_in_the_queue_release_their_place(make_server, known_ite
             slow.result()
             assert wait_until(lambda: srv.admission.held == 0, timeout=5), srv.admission.held
         assert stub.Recommend(good_request(known_items), timeout=10).cross_sell
+
+
+# ------------------------------------------------------------------ bind failure
+
+
+def test_a_failed_bind_releases_the_server_and_its_pool(ranker, bundle_root, monkeypatch):
+    """BindError: the unstarted grpc.Server is stopped and dropped and its thread pool shut
+    down before the error is raised. (They were left to the garbage collector, and the
+    error's traceback kept them alive: a worker logging it, or a caller holding it.)"""
+    import socket
+
+    from xsell.server import app
+
+    made = []  # (weak reference to the grpc.Server, its thread pool)
+    real = grpc.server
+
+    def server(pool, **kwargs):
+        srv = real(pool, **kwargs)
+        made.append((weakref.ref(srv), pool))
+        return srv
+
+    monkeypatch.setattr(grpc, "server", server)
+    with socket.socket() as taken:  # a listener without SO_REUSEPORT: the port is taken
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(app.BindError) as info:
+            app.create_server(ranker, port=port, bundle_root=bundle_root, access_log=False)
+    assert f"cannot listen on 127.0.0.1:{port}" in str(info.value)
+    [(server_ref, pool)] = made
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(print)
+    assert server_ref() is None, "the error still holds the unstarted grpc.Server"

@@ -9,6 +9,7 @@ import secrets
 import shutil
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -27,7 +28,8 @@ from xsell.v1 import xsell_pb2 as pb
 from xsell.v1 import xsell_pb2_grpc as pb_grpc
 
 from ..conftest import serve_command
-from .conftest import good_request, stub_for
+from .conftest import good_request, stub_for, wait_until
+from .test_faults import heavy_batch
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -174,6 +176,91 @@ def test_tokens_authenticate_every_call_but_health(make_server, tokens, known_it
         assert token not in logged and token[:12] not in logged
     # ... and ids only: the cart's item id is not in any access line
     assert known_items[0] not in logged
+
+
+def requests_counted(srv) -> dict[tuple[str, str], float]:
+    """Every xsell_requests_total sample: {(method, code): count}."""
+    return {
+        (s.labels["method"], s.labels["code"]): s.value
+        for family in srv.metrics.registry.collect()
+        if family.name == "xsell_requests"
+        for s in family.samples
+        if s.name == "xsell_requests_total"
+    }
+
+
+def test_a_call_refused_by_auth_never_reaches_admission(make_server, tokens, known_items):
+    """The auth check comes before admission: an unauthenticated (or non-admin) call
+    neither takes nor is refused an admission ticket, nor shows in the overload counters.
+    (It asked the serving interceptor, which admits, for the handler first: at the bound an
+    unauthenticated call was counted in xsell_shed_total{at_arrival} and put the server in
+    the overload state, while answered UNAUTHENTICATED.)"""
+    path, named = tokens
+    srv = make_server(tokens=load_tokens(path), threads=1, max_in_flight=1)
+    m = srv.metrics
+    channel, stub = stub_for(srv.port)
+    with channel, ThreadPoolExecutor(1) as pool:
+        # below the bound: a refused call takes no ticket (held stays 0)
+        assert rpc_code(stub.Recommend, good_request(known_items), timeout=5) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+        # the one admitted call holds the bound
+        slow = pool.submit(stub.RecommendBatch, heavy_batch(known_items),
+                           metadata=bearer(named["checkout"]), timeout=60)  # fmt: skip
+        assert wait_until(lambda: srv.admission.held == 1)
+        for metadata, code in (
+            ((), grpc.StatusCode.UNAUTHENTICATED),
+            (bearer("not-a-known-token-at-all"), grpc.StatusCode.UNAUTHENTICATED),
+        ):
+            got = rpc_code(stub.Recommend, good_request(known_items), metadata=metadata, timeout=5)
+            assert got == code
+        got = rpc_code(stub.ReloadModel, pb.ReloadModelRequest(bundle_path="x"),
+                       metadata=bearer(named["checkout"]), timeout=5)  # fmt: skip
+        assert got == grpc.StatusCode.PERMISSION_DENIED
+        assert not slow.done(), "the slow call ended first: the bound was never tested"
+        assert m.sample("xsell_shed_total", {"reason": "at_arrival"}) == 0
+        assert m.sample("xsell_overloads_total", {"trigger": "bound"}) == 0
+        assert m.sample("xsell_overloaded") == 0 and not srv.admission.overloaded
+        # an authenticated call at the bound is still refused by admission
+        got = rpc_code(stub.Recommend, good_request(known_items),
+                       metadata=bearer(named["checkout"]), timeout=5)  # fmt: skip
+        assert got == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert m.sample("xsell_shed_total", {"reason": "at_arrival"}) == 1
+        assert len(slow.result().responses) == 64
+    assert wait_until(lambda: srv.admission.held == 0)
+    counted = requests_counted(srv)
+    assert counted == {
+        ("Recommend", "UNAUTHENTICATED"): 3,
+        ("ReloadModel", "PERMISSION_DENIED"): 1,
+        ("Recommend", "RESOURCE_EXHAUSTED"): 1,
+        ("RecommendBatch", "OK"): 1,
+    }, counted
+
+
+def test_auth_refusals_count_only_recommend_service_calls(make_server, tokens, caplog):
+    """xsell_requests_total counts RecommendService calls (server/metrics.py): a refused
+    reflection call is not one (it was counted under its full method name), nor is a call
+    to a method that does not exist (a label per made-up name would grow without bound).
+    Both still get an access line: a failed authentication is worth a trace."""
+    path, named = tokens
+    srv = make_server(tokens=load_tokens(path), access_log=True)
+    channel, _stub = stub_for(srv.port)
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    req = reflection_pb2.ServerReflectionRequest(list_services="")
+    made_up = channel.unary_unary("/xsell.v1.RecommendService/NoSuchMethod")
+    with channel, caplog.at_level(logging.INFO, logger="xsell.access"):
+        for _ in range(2):
+            code = rpc_code(lambda: list(refl.ServerReflectionInfo(iter([req]), timeout=5)))
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+        # an unauthenticated caller learns nothing, not even which methods exist
+        assert rpc_code(made_up, b"", timeout=5) == grpc.StatusCode.UNAUTHENTICATED
+        # with a token, gRPC answers an unknown method as before
+        code = rpc_code(made_up, b"", metadata=bearer(named["checkout"]), timeout=5)
+        assert code == grpc.StatusCode.UNIMPLEMENTED
+    assert requests_counted(srv) == {}
+    logged = [r.getMessage() for r in caplog.records if r.name == "xsell.access"]
+    assert sum('"UNAUTHENTICATED"' in line for line in logged) == 3, logged
+    assert sum("ServerReflectionInfo" in line for line in logged) == 2, logged
 
 
 def test_reload_needs_an_admin_token(

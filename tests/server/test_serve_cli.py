@@ -231,3 +231,28 @@ def test_bad_admission_flags_are_refused_naming_the_flag(bundle_dir, workers):
         done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
         assert done.returncode != 0 and f"xsell serve: {words}" in done.stderr, done.stderr[-3000:]
         assert "Traceback" not in done.stderr and "listening" not in done.stdout
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_token_file_is_read_once(serve_cli, bundle_dir, tmp_path, workers):
+    """The token file is read by the command once: its permission warning is logged once.
+    (`serve` read it to fail fast, then the in-process server read it again; with
+    --workers N every worker read it once more: N + 1 warnings.) Workers get the table
+    read then, so all of them, restarted ones included, check the same tokens."""
+    path = tmp_path / "tokens"
+    path.write_text("checkout 0123456789abcdef0123\n")
+    path.chmod(0o644)  # readable by others: the warning
+    proc = serve_cli(
+        bundle_dir, "--workers", str(workers), "--no-access-log", "--auth-tokens", str(path)
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
+        stub = pb_grpc.RecommendServiceStub(channel)
+        bearer = (("authorization", "Bearer 0123456789abcdef0123"),)
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=bearer, timeout=10)
+        assert info.model_version
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert proc.terminate() == 0
+    log = proc.log()
+    assert log.count(f"token file {path} is readable by group or others") == 1, log[-3000:]
