@@ -21,6 +21,7 @@ classes are built from those descriptors at run time.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 
@@ -31,10 +32,48 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 
-class ReflectionClient:
-    """Services, methods and unary calls of a server, all learned from reflection."""
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
 
-    def __init__(self, channel: grpc.Channel) -> None:
+
+class _DefaultDeadline(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Gives every call without a deadline `timeout` seconds.
+
+    ProtoReflectionDescriptorDatabase calls ServerReflectionInfo with no deadline and
+    has no way to pass one: against a server that accepts the connection but never
+    answers, `list` and `describe` (and `call`, which looks the method up first) would
+    wait forever."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+
+    def _details(self, d: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        if d.timeout is not None:
+            return d
+        return _CallDetails(d.method, self._timeout, d.metadata, d.credentials,
+                            getattr(d, "wait_for_ready", None), getattr(d, "compression", None))  # fmt: skip
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+class ReflectionClient:
+    """Services, methods and unary calls of a server, all learned from reflection.
+
+    `timeout`: seconds each reflection request may take (None: no deadline)."""
+
+    def __init__(self, channel: grpc.Channel, *, timeout: float | None = 5.0) -> None:
+        if timeout is not None:
+            channel = grpc.intercept_channel(channel, _DefaultDeadline(timeout))
         self._channel = channel
         self._db = ProtoReflectionDescriptorDatabase(channel)
         self._pool = descriptor_pool.DescriptorPool(self._db)
@@ -77,7 +116,8 @@ class ReflectionClient:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--address", default="127.0.0.1:50051", help="server HOST:PORT")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per call")
+    parser.add_argument("--timeout", type=float, default=5.0,
+                        help="seconds per call, reflection requests included")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the services the server offers")
     d = sub.add_parser("describe", help="list a service's methods and their message types")
@@ -88,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with grpc.insecure_channel(args.address) as channel:
-        client = ReflectionClient(channel)
+        client = ReflectionClient(channel, timeout=args.timeout)
         try:
             if args.command == "list":
                 print("\n".join(client.services()))
@@ -98,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
                 answer = client.call(args.method, args.request, timeout=args.timeout)
                 print(json.dumps(answer, indent=2))
         except grpc.RpcError as exc:
-            print(f"reflection: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                print(f"reflection: {args.address}: no answer within --timeout {args.timeout:g} s "
+                      f"(DEADLINE_EXCEEDED)", file=sys.stderr)  # fmt: skip
+            else:
+                print(f"reflection: {args.address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 2
         except (KeyError, ValueError, json_format.ParseError) as exc:
             print(f"reflection: {exc}", file=sys.stderr)

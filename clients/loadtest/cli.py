@@ -105,7 +105,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="both=1",
         help="strategy weights, e.g. both=0.6,cross_sell=0.3,up_sell=0.1",
     )
-    r.add_argument("--period-days", type=int, default=28, help="replay the last N days (0 = all)")
+    r.add_argument("--period-days", type=_non_negative_int, default=28,
+                   help="replay the last N days (0 = all)")  # fmt: skip
     r.add_argument("--limit", type=_non_negative_int, default=0,
                    help="RecommendRequest.limit (0 = server default)")  # fmt: skip
     r.add_argument("--seed", type=int, default=0)

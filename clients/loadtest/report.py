@@ -57,6 +57,7 @@ def build_report(raw: RawRun, *, mix: dict | None = None) -> dict:
     codes = count_codes(s["code"]) if len(s["code"]) else {}
     ok = s["code"] == OK
     completed = ~np.isnan(s["latency"])
+    sent = ~np.isnan(s["lag"])  # NaN: an open loop's CLIENT_BACKLOG call, due but never sent
     lat_ok = summarize_latency(s["latency"][ok])
     lat_all = summarize_latency(s["latency"][completed])
     client_cpu = sum(p.cpu_window_s for p in raw.procs)
@@ -88,11 +89,10 @@ def build_report(raw: RawRun, *, mix: dict | None = None) -> dict:
             "parent_cpu_s": raw.parent_cpu_s,
             "checked_responses": checked,
         },
-        "timeline": timeline(s["t"], s["latency"], ok, duration=cfg.duration),
+        "timeline": timeline(s["t"], s["latency"], ok, duration=cfg.duration, sent=sent),
         "workers": worker_split(raw),
     }
     if cfg.mode == "open":
-        sent = ~np.isnan(s["lag"])
         lag = s["lag"][sent] * 1e3
         rep["send_lag_ms"] = (
             {f"p{q:g}": v for q, v in percentiles(lag, (50.0, 99.0)).items()}

@@ -90,18 +90,27 @@ def errors_only(codes: Mapping[str, int]) -> dict[str, int]:
 
 
 def timeline(
-    t: np.ndarray, latency: np.ndarray, ok: np.ndarray, *, duration: float, step: float = 1.0
+    t: np.ndarray,
+    latency: np.ndarray,
+    ok: np.ndarray,
+    *,
+    duration: float,
+    step: float = 1.0,
+    sent: np.ndarray | None = None,
 ) -> list[dict]:
     """Per-step figures over the measured window.
 
     `t` is each call's (scheduled) send time in seconds from the window start, `latency`
     its latency in seconds (NaN for calls that never completed), `ok` whether it
-    succeeded. A call belongs to the step it was sent in. Returns one row per step:
-    start time, calls sent per second, errors, and p50 / p99 / max of the OK calls (ms).
+    succeeded, `sent` whether it was sent at all (default: every call; an open loop's
+    CLIENT_BACKLOG calls were not). A call belongs to the step it was due in. Returns one
+    row per step: start time, calls sent per second, errors (unsent calls included), and
+    p50 / p99 / max of the OK calls (ms).
     """
     t = np.asarray(t, dtype=np.float64)
     latency = np.asarray(latency, dtype=np.float64)
     ok = np.asarray(ok, dtype=bool)
+    sent = np.ones(len(t), dtype=bool) if sent is None else np.asarray(sent, dtype=bool)
     n_steps = max(1, math.ceil(duration / step - 1e-9))
     idx = np.clip(np.floor(t / step).astype(np.int64), 0, n_steps - 1)
     rows = []
@@ -111,7 +120,7 @@ def timeline(
         good = latency[sel & ok] * 1e3
         row = {
             "t": k * step,
-            "rate": float(sel.sum() / width) if width > 0 else 0.0,
+            "rate": float((sel & sent).sum() / width) if width > 0 else 0.0,
             "errors": int((sel & ~ok).sum()),
         }
         if len(good):

@@ -32,7 +32,7 @@ def test_loadtest_refuses_a_bad_count(flag, value, capsys):
 @pytest.mark.parametrize(
     ("flag", "value"),
     [("-n", "0"), ("--cart-size", "0"), ("--cart-size", "-1"), ("--max-cart", "0"),
-     ("--limit", "-1")],
+     ("--limit", "-1"), ("--period-days", "-5")],
 )  # fmt: skip
 def test_requests_refuses_a_bad_count(flag, value, synthetic_dir, tmp_path, capsys):
     out = tmp_path / "mix.jsonl"

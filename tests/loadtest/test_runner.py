@@ -135,6 +135,20 @@ def test_open_loop_over_grpc_counts_server_queueing(slow_server):
     assert rep["calls"] == len(lat) == 150 and rep["errors"] == {}
 
 
+def test_timeline_counts_only_the_calls_sent(slow_server):
+    """Offered 150/s to a 100/s server with at most 3 calls outstanding: the calls past the
+    limit are CLIENT_BACKLOG, never sent, and the timeline's calls/s leaves them out."""
+    cfg = LoadConfig(address=slow_server, target="health", concurrency=None, rate=150.0, duration=1.0,
+                     warmup=0.0, arrival="uniform", timeout=10.0, procs=1, max_outstanding=3)  # fmt: skip
+    rep = build_report(run_load(cfg, [health_body()]))
+    dropped = rep["not_sent_backlog"]
+    assert dropped >= 20 and rep["codes"]["CLIENT_BACKLOG"] == dropped  # ~50 expected
+    sent = sum(r["rate"] for r in rep["timeline"]) * 1.0  # one 1 s step
+    assert sent == pytest.approx(rep["calls"] - dropped)
+    # the dropped calls are still errors of their step
+    assert sum(r["errors"] for r in rep["timeline"]) == dropped
+
+
 def test_uniform_open_loop_over_processes_interleaves(slow_server):
     """60/s over 2 processes is one call every 1/60 s, not 2 calls at once every 1/30 s."""
     rate, duration = 60.0, 1.0

@@ -94,6 +94,15 @@ def test_timeline_rates_errors_and_percentiles_per_second():
     assert math.isnan(rows[2]["p50_ms"])
 
 
+def test_timeline_rate_leaves_out_calls_not_sent():
+    # second 0: 4 calls sent, 6 more due but dropped (never sent); all 6 are errors
+    t = np.linspace(0, 0.9, 10)
+    lat = np.array([0.001] * 4 + [np.nan] * 6)
+    ok = np.array([True] * 4 + [False] * 6)
+    rows = timeline(t, lat, ok, duration=1.0, sent=~np.isnan(lat))
+    assert rows[0]["rate"] == 4.0 and rows[0]["errors"] == 6
+
+
 def test_timeline_partial_last_step_rate():
     rows = timeline(np.array([0.1, 2.1, 2.2]), np.full(3, 0.001), np.ones(3, bool), duration=2.5)
     assert len(rows) == 3 and rows[2]["rate"] == pytest.approx(2 / 0.5)
