@@ -34,7 +34,7 @@ import multiprocessing.connection
 import re
 import resource
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -315,7 +315,7 @@ async def _workers_of(channels, cfg: LoadConfig, metadata) -> list[str]:
     return owners
 
 
-def balanced_pick(owners: list[str]) -> Callable[[int], int]:
+def balanced_pick(owners: Sequence[Hashable]) -> Callable[[int], int]:
     """pick(i) -> connection index: consecutive i go to the workers in turn, and each
     worker's turns to its connections in turn, so every worker gets the same share
     whatever number of connections the kernel gave it."""
