@@ -502,6 +502,7 @@ def run_load(cfg: LoadConfig, bodies: list[bytes], *, progress: ProgressFn | Non
         else split_rate(float(cfg.rate), cfg.procs)
     )
     pipes, procs = [], []
+    finished = False  # set on the way out of a complete run; otherwise stop the others now
     cpu0 = _self_cpu()
     for i, share in enumerate(shares):
         parent_end, child_end = ctx.Pipe()
@@ -563,10 +564,14 @@ def run_load(cfg: LoadConfig, bodies: list[bytes], *, progress: ProgressFn | Non
         raw.procs = [done[i] for i in range(len(pipes))]
         raw.wall_s = time.monotonic() - start
         raw.parent_cpu_s = _self_cpu() - cpu0
+        finished = True
         return raw
     finally:
+        # after a failure the others may wait for a start time or run on for the whole
+        # window: stop them at once rather than wait up to 5 s for each
         for p in procs:
-            p.join(timeout=5)
+            if finished:
+                p.join(timeout=5)
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5)

@@ -237,3 +237,39 @@ def test_calls_are_balanced_over_the_workers_of_a_real_server(serve_cli, bundle_
         else:  # in turn over 7 connections: the shares follow the connection split
             want = [split[str(p)] / 7 for p in proc.pids]
             assert all(abs(g / sum(got) - w) < 0.05 for g, w in zip(got, want)), (got, split)
+
+
+class _FailsAfter(health.HealthServicer):
+    """OK for the first `ok` calls, then UNAVAILABLE; notes when it first refused."""
+
+    def __init__(self, ok: int) -> None:
+        self.ok, self.calls, self.first_refusal = ok, 0, None
+
+    def Check(self, request, context):
+        self.calls += 1
+        if self.calls > self.ok:
+            if self.first_refusal is None:
+                self.first_refusal = time.monotonic()
+            context.abort(grpc.StatusCode.UNAVAILABLE, "refused on purpose")
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+def test_a_failed_client_process_stops_the_others_at_once():
+    """Three client processes each make one first call; the server refuses the third.
+    The run must raise naming it, and not first wait for the two healthy processes (they
+    wait for a start time that never comes): that wait was 5 s per process."""
+    servicer = _FailsAfter(ok=2)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        cfg = LoadConfig(address=f"127.0.0.1:{port}", target="health", concurrency=3, duration=30.0,
+                         warmup=0.0, timeout=10.0, procs=3)  # fmt: skip
+        with pytest.raises(RuntimeError, match="UNAVAILABLE: refused on purpose"):
+            run_load(cfg, [health_body()])
+        after = time.monotonic() - servicer.first_refusal
+    finally:
+        server.stop(None)
+    assert servicer.calls == 3
+    assert after < 3.0, f"the error came {after:.1f} s after the failed call"

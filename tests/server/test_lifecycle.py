@@ -326,10 +326,13 @@ def test_deadline_exceeded_stops_the_work(make_server, facts):
     stub.RecommendBatch(batch)
     full = time.perf_counter() - start
 
+    # a quarter of the work: on a loaded host a tenth could expire before the handler
+    # started (then nothing shows the server stopping), and the bounds below still
+    # tell "stopped near the deadline" from "ranked the whole batch"
     start = time.perf_counter()
-    err = call_error(stub.RecommendBatch, batch, timeout=full / 10)
+    err = call_error(stub.RecommendBatch, batch, timeout=full / 4)
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert time.perf_counter() - start < full / 2
+    assert time.perf_counter() - start < full * 0.6
 
     def seen(code: str) -> float:
         return srv.metrics.sample(
