@@ -70,7 +70,7 @@ class TrainConfig:
     # "segment" (the users table's columns) is off: without the test period (bench_quality
     # --before-test, 5,000 queries, seeds 0 / 1, paired against no segment features) it gave
     # cross-sell -0.0014 / -0.0002, new to shopper +0.0013 / -0.0005, up-sell +0.0065* /
-    # +0.0018 NDCG@10: no consistent gain (README, "Quality"); "trend" (the shopper's
+    # +0.0018 NDCG@10: no consistent gain (benchmarks/EXPERIMENTS.md); "trend" (the shopper's
     # recent price level against their overall one) is off: up-sell +0.0020 / +0.0050*,
     # cross-sell +0.0007 / +0.0012, new to shopper -0.0003 / -0.0013 there: the same
     # evidence as graded up-sell labels had, judged the same way
