@@ -34,11 +34,13 @@ def reason_text(
         return f"{name}: unknown"
     if name == "price_uplift_log":
         pct = (math.exp(value) - 1.0) * 100
-        if up_sell:
-            return f"premium alternative: {pct:+.0f}% price, same category"
+        if up_sell:  # uplift_min < 1 admits cheaper ones: not "premium" then
+            kind = "premium alternative" if value > 0 else "alternative"
+            return f"{kind}: {pct:+.0f}% price, same category"
         return f"priced at {math.exp(value):.2f}x {anchor_id}"
     if name == "cat_lift_log":
-        return f"shoppers buying {anchor_cat} buy {item_cat} {math.exp(value):.1f}x more often than average"
+        how = "more often than" if value > 0 else "as often as"  # "0.4x more often" misreads a lift < 1
+        return f"shoppers buying {anchor_cat} buy {item_cat} {math.exp(value):.1f}x {how} average"
     if name == "cat_cond_prob":
         return f"{value * 100:.0f}% of baskets with {anchor_cat} also hold {item_cat}"
     if name == "cand_cat_share":

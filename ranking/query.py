@@ -49,7 +49,7 @@ def retrieve(
     if strategy is Strategy.CROSS_SELL:
         c = cross_sell_candidates(arts, anchors, user, cfg, ann_cache)
     else:
-        c = up_sell_candidates(arts, anchors, user, cfg, ann_cache)
+        c = up_sell_candidates(arts, anchors, user, cfg, ann_cache, filters.uplift_min, filters.uplift_max)
     c = cap(hard_filter(arts, c, strategy, scope, filters), cfg.max_candidates)
     if strategy is Strategy.CROSS_SELL and len(anchors) and len(c):
         # every cross-sell candidate relates to one cart item (history/popular ones too)

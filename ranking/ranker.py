@@ -123,6 +123,7 @@ class Ranker:
             if filled:
                 reasons.append(f"{strategy.value}: {filled} popular item(s) added, the model found too few")
             (result.cross_sell if strategy is Strategy.CROSS_SELL else result.up_sell).extend(items)
+            ctx["shown"].update(it.item_id for it in items)
         result.fallback = bool(reasons)
         result.fallback_reason = "; ".join(reasons)
         result.timings = timings
@@ -168,13 +169,15 @@ class Ranker:
             user=user,
         )
         return {"anchors": anchors, "user": user, "unknown": unknown, "scope": scope,
-                "fallback_reason": fallback_reason, "ann_cache": {}}
+                "fallback_reason": fallback_reason, "ann_cache": {},
+                "shown": set()}  # item ids already in a list of this answer
 
     def _candidates(self, request: RankRequest, strategy: Strategy, ctx: dict) -> Candidates:
         anchors = ctx["anchors"]
         if request.candidate_ids is not None:  # evaluation: a fixed candidate set
             items = self.arts.items.encode(request.candidate_ids)
             items = items[items >= 0]
+            items = items[np.sort(np.unique(items, return_index=True)[1])]  # each once, first-seen order
             c = Candidates(items, np.full(len(items), anchors[0] if len(anchors) else -1, np.int64),
                            np.zeros(len(items), np.uint8), np.zeros(len(items), np.float32))  # fmt: skip
             return hard_filter(self.arts, c, strategy, ctx["scope"], request.filters)
@@ -241,7 +244,8 @@ class Ranker:
         unanchored_upsell = strategy is Strategy.UP_SELL and not len(anchors)
         c = hard_filter(arts, c, Strategy.CROSS_SELL if unanchored_upsell else strategy, _no_cat_exclusion(ctx["scope"])
                         if unanchored_upsell else ctx["scope"], request.filters)  # fmt: skip
-        seen = {it.item_id for it in items}
+        # nor one the other list already holds: without anchors both fall back to popular items
+        seen = {it.item_id for it in items} | ctx["shown"]
         floor = min((it.score for it in items), default=0.0)
         added = []
         taken_per_cat: dict[str, int] = {}

@@ -10,11 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from xsell.retrieval.artifacts import Artifacts
-from xsell.retrieval.candidates import Candidates
+from xsell.retrieval.candidates import Candidates, upsell_band
 
 from .types import Filters, Strategy
-
-DEFAULT_UPLIFT_MIN = 1.0  # up-sell default band: strictly pricier than the anchor
 
 
 @dataclass(frozen=True)
@@ -68,14 +66,12 @@ def hard_filter(arts: Artifacts, c: Candidates, strategy: Strategy, scope: Reque
     else:
         anchors = c.anchors
         has = anchors >= 0
-        keep &= has
+        # never the anchor itself: history anchors are not cart items, and a band
+        # with uplift_min <= 1 admits its price
+        keep &= has & (items != anchors)
         anchor_safe = np.where(has, anchors, 0)
         keep &= cats == arts.item_category[anchor_safe]
-        uplift = price / np.maximum(arts.price[anchor_safe], 1e-9)
-        lo_band = DEFAULT_UPLIFT_MIN if f.uplift_min is None else f.uplift_min
-        keep &= uplift >= lo_band if f.uplift_min is not None else uplift > lo_band
-        if f.uplift_max is not None:
-            keep &= uplift <= f.uplift_max
+        keep &= upsell_band(price, arts.price[anchor_safe], f.uplift_min, f.uplift_max)
     return c.take(keep)
 
 

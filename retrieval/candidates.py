@@ -72,18 +72,21 @@ def _rrf_weights(n: int) -> np.ndarray:
 
 
 class _Fuser:
-    """Accumulates ranked lists into per-item RRF score, source bits and first anchor."""
+    """Accumulates ranked lists into per-item RRF score, source bits and first (eligible) anchor."""
 
     def __init__(self) -> None:
         self.lists: list[np.ndarray] = []
         self.bits: list[int] = []
         self.anchors: list[int] = []
+        self.eligible: list[np.ndarray | None] = []
 
-    def add(self, items: np.ndarray, source: str, anchor: int = -1) -> None:
+    def add(self, items: np.ndarray, source: str, anchor: int = -1, eligible: np.ndarray | None = None) -> None:
+        """`eligible` (default all): which entries may give the item their anchor."""
         if len(items):
             self.lists.append(items)
             self.bits.append(int(SOURCE_BIT[source]))
             self.anchors.append(int(anchor))
+            self.eligible.append(eligible)
 
     def result(self) -> Candidates:
         if not self.lists:
@@ -100,9 +103,16 @@ class _Fuser:
         weights = np.concatenate([_rrf_weights(n) for n in lengths])[order]
         bits = np.repeat(np.array(self.bits, dtype=np.uint8), lengths)[order]
         anchors = np.repeat(np.array(self.anchors, dtype=np.int64), lengths)
+        first = starts
+        if any(e is not None for e in self.eligible):
+            # the anchor of the item's first eligible entry, else of its first entry
+            ok = np.concatenate([np.ones(n, bool) if e is None else e for n, e in zip(lengths, self.eligible)])[order]
+            pos = np.where(ok, np.arange(len(order)), len(order))
+            first_ok = np.minimum.reduceat(pos, starts)
+            first = np.where(first_ok < len(order), first_ok, starts)
         return Candidates(
             ranked[starts],
-            anchors[order[starts]],
+            anchors[order[first]],
             np.bitwise_or.reduceat(bits, starts),
             np.add.reduceat(weights.astype(np.float64), starts).astype(np.float32),
         )
@@ -177,22 +187,47 @@ def cross_sell_candidates(
 
 
 def up_sell_candidates(
-    arts: Artifacts, anchors: np.ndarray, user: int, cfg: CandidateConfig, cache: dict | None = None
+    arts: Artifacts, anchors: np.ndarray, user: int, cfg: CandidateConfig, cache: dict | None = None,
+    uplift_min: float | None = None, uplift_max: float | None = None,
 ) -> Candidates:
-    """Items of each anchor's category priced above it (band rules applied by the caller)."""
+    """Items of each anchor's category priced above it. The caller's rules check the
+    uplift band against the one anchor a candidate keeps, so it keeps the first anchor
+    whose band it meets (not merely the first that proposed it); the band does not
+    change the lists, so the retrieval scores stay those training saw."""
     fuse = _Fuser()
     hist = history_items(arts, user, cfg.history_k)
     hist_cat, hist_price = arts.item_category[hist], arts.price[hist]
+    banded = uplift_min is not None or uplift_max is not None
+
+    def add(items: np.ndarray, source: str, a: int) -> None:
+        band = upsell_band(arts.price[items], arts.price[a], uplift_min, uplift_max) if banded else None
+        fuse.add(items, source, a, band)
+
     for a in anchors:
         cat = arts.item_category[a]
         pricier_than = arts.price[a]
         same = arts.popular_by_category[cat]
-        fuse.add(same[arts.price[same] > pricier_than][: cfg.upsell_category_k], "category", a)
+        add(same[arts.price[same] > pricier_than][: cfg.upsell_category_k], "category", a)
         if cfg.upsell_ann_k > 0:
             near = ann_neighbours(arts, a, cfg.upsell_ann_k, cache)
-            fuse.add(near[(arts.item_category[near] == cat) & (arts.price[near] > pricier_than)], "ann", a)
-        fuse.add(hist[(hist_cat == cat) & (hist_price > pricier_than)], "history", a)
+            add(near[(arts.item_category[near] == cat) & (arts.price[near] > pricier_than)], "ann", a)
+        add(hist[(hist_cat == cat) & (hist_price > pricier_than)], "history", a)
     return fuse.result()
+
+
+DEFAULT_UPLIFT_MIN = 1.0  # up-sell default band: strictly pricier than the anchor
+
+
+def upsell_band(prices: np.ndarray, anchor_prices, uplift_min: float | None = None,
+                uplift_max: float | None = None) -> np.ndarray:
+    """Mask of the up-sell band: price / anchor price (float32, anchor price at least 1e-9)
+    >= uplift_min, or > 1 (strictly pricier) without one, and <= uplift_max. The one
+    definition for retrieval and for `ranking.rules.hard_filter`."""
+    uplift = prices / np.maximum(anchor_prices, np.float32(1e-9))
+    keep = uplift >= uplift_min if uplift_min is not None else uplift > DEFAULT_UPLIFT_MIN
+    if uplift_max is not None:
+        keep &= uplift <= uplift_max
+    return keep
 
 
 def taste_items(arts: Artifacts, user: int, k: int) -> np.ndarray:
