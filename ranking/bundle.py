@@ -41,14 +41,44 @@ def new_version(fingerprint: str, now: datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{fingerprint[:8]}"
 
 
+def check_out_dir(out_dir: Path, *, overwrite: bool = False) -> None:
+    """Refuse an output path a bundle cannot go to, before any training is spent on it.
+
+    `overwrite` replaces a bundle (a directory with a manifest), never another non-empty
+    directory: `--out` naming the data directory by mistake must not delete the data.
+    """
+    out_dir = Path(out_dir)
+    try:
+        if out_dir.exists():
+            if not out_dir.is_dir():
+                raise BundleError("exists and is not a directory", path=str(out_dir))
+            if any(out_dir.iterdir()):
+                if not (out_dir / MANIFEST).is_file():
+                    raise BundleError("directory exists, is not empty and holds no manifest.json: not a bundle, "
+                                      "so not replaced even with --overwrite; choose another --out", path=str(out_dir))  # fmt: skip
+                if not overwrite:
+                    raise BundleError("directory exists and is not empty (use --overwrite)", path=str(out_dir))
+        parent = out_dir.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise BundleError(f"cannot create it: {parent} is not a directory", path=str(out_dir))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise BundleError(f"cannot create it: {parent} is not writable", path=str(out_dir))
+    except OSError as exc:  # e.g. a directory that cannot be listed
+        raise BundleError(f"cannot use it as the bundle directory: {exc.strerror or exc}", path=str(out_dir)) from exc
+
+
 @contextmanager
 def atomic_bundle_dir(out_dir: Path, *, overwrite: bool = False):
     """Yield a temporary directory; on success rename it to `out_dir`, else delete it."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise BundleError("directory exists and is not empty (use --overwrite)", path=str(out_dir))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    check_out_dir(out_dir, overwrite=overwrite)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as exc:
+        raise BundleError(f"cannot create the bundle directory: {exc.strerror or exc}", path=str(out_dir)) from exc
     try:
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a bundle is read by other users' servers

@@ -30,8 +30,16 @@ from xsell.retrieval.artifacts import DAY, Artifacts, RetrievalConfig, build_art
 from xsell.retrieval.candidates import CandidateConfig
 
 from xsell.data.contract import EVENT_GRADES, Dataset
+from xsell.errors import DataError
 
-from .bundle import COMPILED_FILES, MODEL_FILES, atomic_bundle_dir, new_version, write_manifest
+from .bundle import (
+    COMPILED_FILES,
+    MODEL_FILES,
+    atomic_bundle_dir,
+    check_out_dir,
+    new_version,
+    write_manifest,
+)
 from .features import (
     FEATURES_BY_NAME,
     PairBatch,
@@ -93,6 +101,10 @@ def data_fingerprint(data: Dataset) -> str:
     if data.users is not None:  # its segment columns are features
         h.update(pd.util.hash_pandas_object(data.users, index=False).to_numpy().tobytes())
     return h.hexdigest()
+
+
+def _iso(ts: int) -> str:
+    return pd.Timestamp(ts, unit="s", tz="UTC").isoformat()
 
 
 class _Queries:
@@ -281,6 +293,8 @@ def train_bundles(
     is what `train_bundle` alone writes for its config (a test compares the models)."""
     if not targets:
         raise ValueError("no bundle to train")
+    for out, _ in targets.values():  # before the training, not after it
+        check_out_dir(Path(out), overwrite=overwrite)
     cfgs = {label: cfg for label, (_, cfg) in targets.items()}
     cfg = next(iter(cfgs.values()))
     for label, other in cfgs.items():
@@ -304,13 +318,19 @@ def train_bundles(
     if until is not None:
         events = events[events["timestamp"].to_numpy() < until]
     if events.empty:
-        raise ValueError("no events to train on" + (f" before {until}" if until else ""))
+        # the cleaning report goes into the bundle, which is not written: give its reasons here
+        drops = data.report.drops("events")
+        raise DataError("no events to train on" + (f" before --until {_iso(until)}" if until is not None else "")
+                        + (f" (rows dropped on loading: {drops})" if drops else ""),
+                        column="timestamp" if until is not None else None)  # fmt: skip
     data = Dataset(events, data.catalog, data.users, data.report)
     end = int(events["timestamp"].max()) + 1
     ts = events["timestamp"].to_numpy()
     starts = label_windows(ts, cfg.label_days, cfg.label_windows)
     if not starts:
-        raise ValueError(f"need events both before and within the last {cfg.label_days} days to train the ranker")
+        span = (int(ts.max()) - int(ts.min())) / DAY
+        raise DataError(f"the events span {span:.1f} days: need events both before and within the last "
+                        f"{cfg.label_days} days (--label-days) to train the ranker", column="timestamp")  # fmt: skip
     label_start = starts[0]
     features = check_feature_names(names)
     rng = np.random.default_rng(cfg.seed)
@@ -344,10 +364,16 @@ def train_bundles(
     log(f"  up-sell:    {len(up.groups):,} queries, candidate recall {up.reached / max(up.positives, 1):.3f}")
 
     groups = {Strategy.CROSS_SELL: cross, Strategy.UP_SELL: up}
+    needs = {  # what one query is made of (module docstring), for the error
+        Strategy.CROSS_SELL: "a label-window basket with items of two categories",
+        Strategy.UP_SELL: f"a shopper who bought in a category before a label window and an item "
+                          f"{cfg.upsell_min_uplift:g}x pricier or more there within it",
+    }  # fmt: skip
     for strategy, q in groups.items():
         if len(q.groups) < 10:
-            raise ValueError(f"only {len(q.groups)} usable {strategy.value} queries in the label windows: "
-                             "too little data (or label_days too short) to train the ranker")  # fmt: skip
+            raise DataError(f"only {len(q.groups)} usable {strategy.value} queries in the label windows (10 needed; "
+                            f"a query needs {needs[strategy]}): too little data (or label windows too short) "
+                            "to train the ranker")  # fmt: skip
     recall = {s: q.reached / max(q.positives, 1) for s, q in groups.items()}
     rows = {s: _SharedRows(q, len(targets), cfg.valid_fraction, cfg.seed) for s, q in groups.items()}
     del cross, up, groups

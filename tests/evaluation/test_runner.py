@@ -142,3 +142,46 @@ def test_worker_processes_give_the_same_answers(dataset, bundle_dir):
     bought = history.user_items[qs.user].toarray() > 0
     ranked = np.where(a >= 0, a, 0)
     assert not np.take_along_axis(bought, ranked, axis=1)[a >= 0].any()
+
+
+def _one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xsell evaluate: error: "), err
+    return lines[0]
+
+
+def test_cli_period_errors_name_the_events_file(synthetic_dir, tmp_path, capsys):
+    events = Path(synthetic_dir) / "events.csv"
+    code = main(["evaluate", "--events", str(events), "--catalog", str(Path(synthetic_dir) / "catalog.csv"),
+                 "--test-days", "100", "--no-model", "--quiet", "--out", str(tmp_path / "rep")])  # fmt: skip
+    assert code == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert str(events) in line and "--test-days" in line
+    assert not (tmp_path / "rep").exists()  # bad input leaves no empty report directory behind
+
+
+def test_cli_out_that_is_a_file_is_a_one_line_error(synthetic_dir, tmp_path, capsys):
+    d = Path(synthetic_dir)
+    a_file = tmp_path / "afile"
+    a_file.write_text("keep me")
+    code = main(["evaluate", "--events", str(d / "events.csv"), "--catalog", str(d / "catalog.csv"),
+                 "--no-model", "--quiet", "--out", str(a_file)])  # fmt: skip
+    assert code == 2
+    assert str(a_file) in _one_line_error(capsys.readouterr().err)
+    assert a_file.read_text() == "keep me"
+
+
+def test_cli_too_little_data_for_the_model_is_a_one_line_error(synthetic_dir, tmp_path, capsys):
+    import pandas as pd
+
+    d = Path(synthetic_dir)
+    # no basket with two items: the baselines run, the ranker has no cross-sell query
+    events = tmp_path / "single.csv"
+    pd.read_csv(d / "events.csv", dtype=str).drop_duplicates("basket_id").to_csv(events, index=False)
+    code = main(["evaluate", "--events", str(events), "--catalog", str(d / "catalog.csv"), "--test-days", "14",
+                 "--valid-days", "14", "--max-queries", "200", "--no-ablations", "--quiet",
+                 "--out", str(tmp_path / "rep")])  # fmt: skip
+    assert code == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert str(events) in line and "too little data" in line and "--valid-days" in line
+    assert not (tmp_path / "rep" / "report.md").exists()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xsell.cli import non_negative_int, positive_int
 from xsell.data.contract import CleaningReport
-from xsell.data.loaders import load_dataset
+from xsell.data.loaders import cannot_write, load_dataset
 
 __all__ = ["add_parser", "format_report"]
 
@@ -29,12 +30,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("synthetic", help="write a seeded synthetic shop with planted structure")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--users", type=int, default=2000)
-    p.add_argument("--items", type=int, default=1000)
-    p.add_argument("--categories", type=int, default=40)
-    p.add_argument("--days", type=int, default=120)
-    p.add_argument("--events-per-user", type=float, default=40.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--users", type=positive_int, default=2000, help="shoppers (default 2000)")
+    p.add_argument("--items", type=positive_int, default=1000, help="catalog items (default 1000)")
+    p.add_argument("--categories", type=positive_int, default=40,
+                   help="leaf categories, at least 2 and at most --items (default 40)")  # fmt: skip
+    p.add_argument("--days", type=positive_int, default=120, help="days the events span (default 120)")
+    p.add_argument("--events-per-user", type=float, default=40.0,
+                   help="mean events of all types per shopper (default 40.0)")  # fmt: skip
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--format", choices=("csv", "parquet"), default="csv")
     p.set_defaults(func=_synthetic)
 
@@ -123,6 +126,9 @@ def _validate(args: argparse.Namespace) -> int:
     ds = load_dataset(args.events, args.catalog, args.users, strict=args.strict)
     print(format_report(ds.report))
     if args.report is not None:
-        ds.report.write(args.report)
+        try:
+            ds.report.write(args.report)
+        except OSError as exc:
+            raise cannot_write(exc, args.report, "the report (--report)") from exc
         print(f"report written to {args.report}")
     return 0

@@ -42,6 +42,11 @@ class CleaningReport:
     def total_dropped(self) -> int:
         return sum(sum(r.values()) for r in self.dropped.values())
 
+    def drops(self, table: str) -> str:
+        """A table's dropped rows by reason, most first, on one line ("" if none)."""
+        reasons = sorted(self.dropped.get(table, {}).items(), key=lambda kv: -kv[1])
+        return ", ".join(f"{reason} {n:,}" for reason, n in reasons if n)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -57,6 +57,7 @@ from xsell.errors import DataError
 __all__ = [
     "MAX_EXAMPLES",
     "SUPPORTED_SUFFIXES",
+    "cannot_write",
     "default_basket_ids",
     "fingerprint",
     "load_catalog",
@@ -958,6 +959,14 @@ def load_dataset(
 
 
 # --------------------------------------------------------------------------- writing, hashing
+
+
+def cannot_write(exc: OSError, path: str | Path, what: str) -> DataError:
+    """The DataError for an output that cannot be written (`what`: which, e.g. "--out: the
+    report"), naming the path; mkdir's "File exists" means a file is in the way."""
+    in_the_way = isinstance(exc, (FileExistsError, NotADirectoryError))
+    why = "a file is in the way" if in_the_way else exc.strerror or str(exc)
+    return DataError(f"cannot write {what}: {why}", file=str(exc.filename or path))
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xsell.data.loaders import write_table
+from xsell.data.loaders import cannot_write, write_table
 from xsell.errors import DataError
 
 __all__ = [
@@ -161,8 +161,8 @@ def generate_frames(
         or n_items < n_categories
         or n_users < 1
         or days < 1
-        or events_per_user <= 0
-        or anchors_mean < 0
+        or not 0 < events_per_user < np.inf  # also refuses NaN
+        or not 0 <= anchors_mean < np.inf
     ):
         raise DataError(
             "need n_categories >= 2, n_items >= n_categories, n_users >= 1, days >= 1, "
@@ -373,15 +373,19 @@ def generate(
         events_per_user=events_per_user,
     )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     catalog = data.catalog.drop(columns=["category_path"]).assign(
         category=data.catalog["category_path"]
     )
-    paths = {
-        "events": write_table(data.events, out / f"events.{fmt}"),
-        "catalog": write_table(catalog, out / f"catalog.{fmt}"),
-        "users": write_table(data.users, out / f"users.{fmt}"),
-        "truth": out / "truth.json",
-    }
-    paths["truth"].write_text(json.dumps({"params": data.params, **data.truth.to_dict()}, indent=1))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {
+            "events": write_table(data.events, out / f"events.{fmt}"),
+            "catalog": write_table(catalog, out / f"catalog.{fmt}"),
+            "users": write_table(data.users, out / f"users.{fmt}"),
+            "truth": out / "truth.json",
+        }
+        truth = json.dumps({"params": data.params, **data.truth.to_dict()}, indent=1)
+        paths["truth"].write_text(truth)
+    except OSError as exc:
+        raise cannot_write(exc, out, "the synthetic shop (--out)") from exc
     return paths

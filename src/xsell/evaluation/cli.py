@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from xsell.cli import positive_int
+from xsell.cli import non_negative_int, positive_int
 
 __all__ = ["add_parser"]
 
@@ -23,9 +23,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--test-days", type=positive_int, default=28, help="last N days = test period (default 28)"
     )
     p.add_argument("--valid-days", type=positive_int, default=28,
-                   help="the N days before the test period: validation window for tuning (default 28)")  # fmt: skip
+                   help="the N days before the test period: validation window for tuning, and the "
+                        "model's label window (default 28)")  # fmt: skip
     p.add_argument("--max-queries", type=positive_int, default=20_000, help="per task (default 20000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="default 0")
     p.add_argument(
         "--no-ablations", action="store_true", help="skip the ablations (2 fewer bundles to train)"
     )
@@ -46,22 +47,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from xsell.data.loaders import load_dataset
+    from xsell.errors import DataError
 
     from .runner import evaluate
 
     dataset = load_dataset(args.events, args.catalog, args.users, strict=args.strict)
-    report = evaluate(
-        dataset,
-        args.out,
-        test_days=args.test_days,
-        valid_days=args.valid_days,
-        max_queries=args.max_queries,
-        seed=args.seed,
-        ablations=not args.no_ablations,
-        progress=not args.quiet,
-        model=not args.no_model,
-        workers=args.workers,
-    )
+    try:
+        report = evaluate(
+            dataset,
+            args.out,
+            test_days=args.test_days,
+            valid_days=args.valid_days,
+            max_queries=args.max_queries,
+            seed=args.seed,
+            ablations=not args.no_ablations,
+            progress=not args.quiet,
+            model=not args.no_model,
+            workers=args.workers,
+        )
+    except DataError as exc:
+        if exc.file is not None:
+            raise
+        # about the events as a whole (their time span, too little data): name their file
+        raise DataError(exc.reason, file=str(args.events), row=exc.row, column=exc.column) from exc
     missed = [name for name, t in report.get("targets", {}).items() if not t["met"]]
     print(f"report: {args.out / 'report.md'}")
     for name in missed:

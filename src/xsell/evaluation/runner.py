@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from xsell.data.contract import Dataset
+from xsell.data.loaders import cannot_write
+from xsell.errors import DataError
 
 from . import metrics as M
 from .baselines import (
@@ -179,7 +181,6 @@ def evaluate(
     processes answer the model's requests (each loads the bundle; 1 = in this process).
     Returns the report as a dict (what report.json holds)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     log = Progress(progress)
     timings: dict[str, float] = {}
 
@@ -189,7 +190,13 @@ def evaluate(
         return now
 
     t = time.perf_counter()
+    if dataset.events.empty and dataset.report.drops("events"):
+        raise DataError(f"no events to evaluate on (rows dropped on loading: {dataset.report.drops('events')})")
     split = time_split(dataset.events, test_days=test_days, valid_days=valid_days)
+    try:  # after the split: bad input leaves no empty directory behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(exc, out, "the report directory (--out)") from exc
     s = split.summary()
     log(f"split: fit {s['fit_rows']:,} rows | valid {s['valid_rows']:,} (from {s['valid_start']}) | "
         f"test {s['test_rows']:,} (from {s['test_start']})")  # fmt: skip
@@ -289,15 +296,26 @@ def evaluate(
         log(
             f"training bundles {', '.join(repr(v) for v in variants)} on {len(train_events):,} pre-test events"
         )
-        bundles = train_bundles(
-            train_ds,
-            {
-                label: (out / "bundles" / label.replace(" ", "_"), vcfg)
-                for label, vcfg in variants.items()
-            },
-            overwrite=True,
-            log=train_log,
-        )
+        try:
+            bundles = train_bundles(
+                train_ds,
+                {
+                    label: (out / "bundles" / label.replace(" ", "_"), vcfg)
+                    for label, vcfg in variants.items()
+                },
+                overwrite=True,
+                log=train_log,
+            )
+        except DataError as exc:
+            if exc.file is not None:
+                raise
+            # the model's label window is the validation window: name the flag that sets it
+            raise DataError(
+                f"training the model: {exc.reason} (its label window is the --valid-days period; "
+                "--no-model scores the baselines only)",
+                row=exc.row,
+                column=exc.column,
+            ) from exc
         timings["train"] = round(time.perf_counter() - t0, 2)
         log(f"  trained in {timings['train']:.1f}s -> {out / 'bundles'}")
         t = time.perf_counter()

@@ -83,7 +83,8 @@ def time_split(events: pd.DataFrame, *, test_days: int = 28, valid_days: int = 2
     if split.fit.empty:
         raise DataError(
             f"the events span {span_days:.1f} days: nothing left to train on after a "
-            f"{test_days}-day test period and a {valid_days}-day validation window",
+            f"{test_days}-day test period (--test-days) and a {valid_days}-day validation "
+            "window (--valid-days)",
             column="timestamp",
         )
     return split
