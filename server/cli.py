@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 
 def add_parser(subparsers) -> None:
@@ -125,5 +126,6 @@ def _run(args: argparse.Namespace) -> int:
     )
     try:
         return serve(config)
-    except ValueError as exc:  # a bad flag combination
-        raise SystemExit(f"xsell serve: {exc}") from None
+    except ValueError as exc:  # a bad flag combination: a usage error, as every other
+        print(f"xsell serve: error: {exc}", file=sys.stderr)
+        return 2

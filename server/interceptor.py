@@ -516,7 +516,7 @@ class ServingInterceptor(grpc.ServerInterceptor):
         admission = self._admission
         details = (
             f"overloaded: {admission.max_in_flight} calls in flight, or "
-            f"{admission.overload_in_flight} while a queue stands; back off and retry"
+            f"{admission.overload_in_flight} while overloaded; back off and retry"
         )
 
         def refuse(_requests, context: grpc.ServicerContext) -> None:
