@@ -220,14 +220,16 @@ DEFAULT_UPLIFT_MIN = 1.0  # up-sell default band: strictly pricier than the anch
 
 def upsell_band(prices: np.ndarray, anchor_prices, uplift_min: float | None = None,
                 uplift_max: float | None = None) -> np.ndarray:
-    """Mask of the up-sell band: price / anchor price (float32, anchor price at least 1e-9)
-    >= uplift_min, or > 1 (strictly pricier) without one, and <= uplift_max. The one
-    definition for retrieval and for `ranking.rules.hard_filter`."""
+    """Mask of the up-sell band: price / anchor price (float32) >= uplift_min, or > 1
+    (strictly pricier) without one, and <= uplift_max. The one definition for retrieval
+    and for `ranking.rules.hard_filter`. An anchor priced 0 has no band: nothing is a
+    trade-up from a free item (every ratio would be infinite)."""
+    anchor_prices = np.asarray(anchor_prices)
     uplift = prices / np.maximum(anchor_prices, np.float32(1e-9))
     keep = uplift >= uplift_min if uplift_min is not None else uplift > DEFAULT_UPLIFT_MIN
     if uplift_max is not None:
         keep &= uplift <= uplift_max
-    return keep
+    return keep & (anchor_prices > 0)
 
 
 def taste_items(arts: Artifacts, user: int, k: int) -> np.ndarray:

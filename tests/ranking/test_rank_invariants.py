@@ -221,3 +221,26 @@ def test_a_second_cart_item_in_the_category_does_not_hide_the_up_sells_of_the_fi
                     assert alone <= both, (ids, band, sorted(alone - both))
                     checked += bool(alone)
     assert checked > 20
+
+
+def test_a_free_anchor_gets_no_up_sell(ranker):
+    """An anchor whose reference price is 0 has no price to trade up from: every priced
+    item of its category would pass any uplift_min (price / ~0), and the answer would
+    report price_uplift 0, which the API reserves for "no anchor"."""
+    import copy
+    import dataclasses
+
+    arts = ranker.arts
+    anchor = int(np.argmax(arts.popularity))  # an item with a full category around it
+    price = arts.price.copy()
+    price[anchor] = 0.0
+    free = copy.copy(ranker)
+    free.arts = dataclasses.replace(arts, price=price)
+    anchor_id = str(arts.items.ids[anchor])
+    for uplift_min in (None, 1.5):
+        res = free.rank(RankRequest(cart=(CartLine(anchor_id),), strategy=Strategy.UP_SELL, limit=10,
+                                    filters=Filters(uplift_min=uplift_min)))  # fmt: skip
+        assert [it.item_id for it in res.up_sell if it.anchor_item_id == anchor_id] == []
+    # the same item at its own price still gets up-sells: the rule is about price 0 only
+    res = ranker.rank(RankRequest(cart=(CartLine(anchor_id),), strategy=Strategy.UP_SELL, limit=10))
+    assert any(it.anchor_item_id == anchor_id for it in res.up_sell)
