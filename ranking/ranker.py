@@ -62,7 +62,10 @@ class Ranker:
         if len(arts.ann) != len(arts.items):
             raise BundleError(f"Annoy index has {len(arts.ann)} items, vocabulary {len(arts.items)}", path=str(bundle_dir))
         boosters = {}
+        untrained = manifest.get("untrained_models") or {}
         for strategy in (Strategy.CROSS_SELL, Strategy.UP_SELL):
+            if strategy.value in untrained:  # too little training data for it: retrieval order
+                continue
             path = bundle_dir / MODEL_FILES[strategy.value]
             check_model_text(path)
             try:
@@ -110,10 +113,13 @@ class Ranker:
         cands = {s: self._candidates(request, s, ctx) for s, _ in wanted}
         t1 = time.perf_counter()
         timings["retrieval"] = t1 - t0
-        xs = {} if self.retrieval_only else self._feature_matrices(cands, ctx)
+        scored = {} if self.retrieval_only else {s: c for s, c in cands.items() if s in self.predictors}
+        xs = self._feature_matrices(scored, ctx) if scored else {}
         timings["features"] = time.perf_counter() - t1
         for strategy, n in wanted:
             c, x = cands[strategy], xs.get(strategy)
+            if strategy not in self.predictors and not self.retrieval_only:
+                reasons.append(f"{strategy.value}: no model in this bundle (too little training data): retrieval order")
             t0 = time.perf_counter()
             scores = self.predictors[strategy](x) if x is not None else c.score.astype(np.float64)
             t1 = time.perf_counter()

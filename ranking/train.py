@@ -90,6 +90,9 @@ class TrainConfig:
     seed: int = 0
 
 
+MIN_QUERIES = 10  # query groups a strategy needs for its model (fewer: no model, retrieval order)
+
+
 def data_fingerprint(data: Dataset) -> str:
     """Content hash of the rows that training reads (format-independent)."""
     h = hashlib.sha256()
@@ -369,14 +372,19 @@ def train_bundles(
         Strategy.UP_SELL: f"a shopper who bought in a category before a label window and an item "
                           f"{cfg.upsell_min_uplift:g}x pricier or more there within it",
     }  # fmt: skip
-    for strategy, q in groups.items():
-        if len(q.groups) < 10:
-            raise DataError(f"only {len(q.groups)} usable {strategy.value} queries in the label windows (10 needed; "
-                            f"a query needs {needs[strategy]}): too little data (or label windows too short) "
-                            "to train the ranker")  # fmt: skip
+    short = {s: f"only {len(q.groups)} usable {s.value} queries in the label windows ({MIN_QUERIES} needed; "
+                f"a query needs {needs[s]})" for s, q in groups.items() if len(q.groups) < MIN_QUERIES}  # fmt: skip
+    if len(short) == len(groups):
+        raise DataError("; ".join(short.values()) + ": too little data (or label windows too short) to train the ranker")
+    for strategy, why in short.items():
+        # a small or young shop still gets the other strategy's model; this one's answers
+        # follow the retrieval order, and each answer says so (Ranker.rank)
+        log(f"WARNING: no {strategy.value} model: {why}; its answers will follow the retrieval order")
+        del groups[strategy]
+    untrained = {s.value: why for s, why in short.items()}
     recall = {s: q.reached / max(q.positives, 1) for s, q in groups.items()}
     rows = {s: _SharedRows(q, len(targets), cfg.valid_fraction, cfg.seed) for s, q in groups.items()}
-    del cross, up, groups
+    del cross, up, groups, short
 
     fingerprint = data_fingerprint(data)
     # LightGBM releases the GIL while it trains (ctypes calls), so the boosters train on
@@ -422,6 +430,7 @@ def train_bundles(
                 "data_fingerprint": fingerprint,
                 "feature_names": variant_names[label],
                 "metrics": metrics,
+                "untrained_models": untrained,
                 "num_items": len(arts.items), "num_users": len(arts.users),
                 "data": {"events": len(events), "first_timestamp": int(events["timestamp"].min()), "end_timestamp": end,
                          "label_start": label_start, "label_windows": per_window},
@@ -501,6 +510,9 @@ def _summary(manifest: dict, log) -> None:
     log(f"bundle {manifest['version']}: {manifest['num_items']:,} items, {manifest['num_users']:,} users")
     log(f"{'strategy':<11} {'queries':>8} {'rows':>10} {'cand.recall':>11} {'valid ndcg@10':>13} {'trees':>6}")
     for s in ("cross_sell", "up_sell"):
+        if s in manifest.get("untrained_models", {}):
+            log(f"{s:<11} no model: {manifest['untrained_models'][s]}")
+            continue
         log(f"{s:<11} {m[f'{s}_train_queries'] + m[f'{s}_valid_queries']:>8,} {m[f'{s}_rows']:>10,} "
             f"{m[f'{s}_candidate_recall']:>11.3f} {m[f'{s}_valid_ndcg@10']:>13.4f} {m[f'{s}_best_iteration']:>6}")  # fmt: skip
     log("stage seconds: " + json.dumps(manifest["stage_seconds"]))

@@ -105,24 +105,55 @@ def test_too_little_data_is_a_one_line_error_naming_the_events_file(data_dir, tm
     assert not out_dir.exists() and not list(tmp_path.glob(".bundle*"))
 
 
-def test_no_pricier_item_for_up_sell_is_a_one_line_error(data_dir, tmp_path, capsys):
+def _flat_prices(data_dir, tmp_path):
     cat = pd.read_csv(data_dir / "catalog.csv", dtype=str).assign(price="5")
     cat.to_csv(tmp_path / "flat.csv", index=False)
     ev = pd.read_csv(data_dir / "events.csv", dtype=str).assign(unit_price="5")
     ev.to_csv(tmp_path / "ev.csv", index=False)
-    code, _, err = _train(capsys, tmp_path / "ev.csv", tmp_path / "flat.csv", tmp_path / "b")
-    assert code == 2
-    message = _one_line_error(err).split(".csv: ", 1)[1]  # the tmp path holds the test's name
-    assert "up_sell" in message and "pricier" in message  # says what a query needs
+    return tmp_path / "ev.csv", tmp_path / "flat.csv"
 
 
-def test_one_category_says_what_a_cross_sell_query_needs(data_dir, tmp_path, capsys):
+def test_no_up_sell_query_trains_the_cross_sell_model_alone(data_dir, tmp_path, capsys):
+    """A shop where no shopper traded up (here: one price for everything) still gets its
+    cross-sell model; the bundle says why it has no up-sell model, and answers say so."""
+    from xsell.ranking.ranker import Ranker
+    from xsell.ranking.types import CartLine, RankRequest, Strategy
+
+    events, catalog = _flat_prices(data_dir, tmp_path)
+    code, out, err = _train(capsys, events, catalog, tmp_path / "b")
+    assert code == 0, err
+    assert "WARNING: no up_sell model" in out and "pricier" in out  # says what a query needs
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert list(manifest["untrained_models"]) == ["up_sell"]
+    assert (tmp_path / "b" / "model_cross_sell.txt").is_file()
+    assert not (tmp_path / "b" / "model_up_sell.txt").exists()
+    ranker = Ranker.load(tmp_path / "b")
+    item = pd.read_csv(catalog, dtype=str)["item_id"].iloc[0]
+    res = ranker.rank(RankRequest(cart=(CartLine(item),), strategy=Strategy.BOTH, limit=5))
+    assert len(res.cross_sell) == 5 and res.fallback
+    assert "up_sell: no model in this bundle" in res.fallback_reason
+    assert "cross_sell" not in res.fallback_reason  # the cross-sell list was scored
+
+
+def test_one_category_trains_the_up_sell_model_alone(data_dir, tmp_path, capsys):
     cat = pd.read_csv(data_dir / "catalog.csv", dtype=str).assign(category="all")
     cat.to_csv(tmp_path / "one.csv", index=False)
-    code, _, err = _train(capsys, data_dir / "events.csv", tmp_path / "one.csv", tmp_path / "b")
+    code, out, err = _train(capsys, data_dir / "events.csv", tmp_path / "one.csv", tmp_path / "b")
+    assert code == 0, err
+    assert "WARNING: no cross_sell model" in out and "two categories" in out
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert list(manifest["untrained_models"]) == ["cross_sell"]
+
+
+def test_no_query_of_either_kind_is_a_one_line_error_naming_both(data_dir, tmp_path, capsys):
+    events, catalog = _flat_prices(data_dir, tmp_path)
+    pd.read_csv(catalog, dtype=str).assign(category="all").to_csv(catalog, index=False)
+    code, _, err = _train(capsys, events, catalog, tmp_path / "b")
     assert code == 2
-    message = _one_line_error(err).split(".csv: ", 1)[1]
+    message = _one_line_error(err).split(".csv: ", 1)[1]  # the tmp path holds the test's name
     assert "cross_sell" in message and "two categories" in message
+    assert "up_sell" in message and "pricier" in message
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("flags", [["--until", "2000-01-01"], ["--label-days", "400"]])
@@ -205,3 +236,28 @@ def test_disabling_every_feature_group_is_refused_before_loading(data_dir, tmp_p
     assert code == 2
     assert "--disable-feature-groups" in _one_line_error(err)
     assert "loaded" not in out and not (tmp_path / "b").exists()
+
+
+def test_a_bundle_without_an_up_sell_model_serves_over_grpc(data_dir, tmp_path, capsys, serve_cli):
+    """The server loads it (its probe and its workers) and answers both strategies over a
+    real socket; the response says the up-sell list is not the model's."""
+    import grpc
+
+    from xsell.v1 import xsell_pb2 as pb
+    from xsell.v1 import xsell_pb2_grpc as pb_grpc
+
+    events, catalog = _flat_prices(data_dir, tmp_path)
+    code, _, err = _train(capsys, events, catalog, tmp_path / "b")
+    assert code == 0, err
+    proc = serve_cli(tmp_path / "b", "--workers", "2", "--no-pin")
+    item = pd.read_csv(catalog, dtype=str)["item_id"].iloc[0]
+    with grpc.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
+        stub = pb_grpc.RecommendServiceStub(channel)
+        res = stub.Recommend(pb.RecommendRequest(cart=[pb.CartLine(item_id=item)], limit=5, explain=True),
+                             timeout=30)  # fmt: skip
+        assert len(res.cross_sell) == 5 and all(r.reasons for r in res.cross_sell)  # the model's, explained
+        assert res.fallback and "up_sell: no model in this bundle" in res.fallback_reason
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+        assert "up_sell_valid_ndcg@10" not in info.training_metrics
+        assert "cross_sell_valid_ndcg@10" in info.training_metrics
+    assert proc.terminate() == 0
