@@ -20,6 +20,7 @@ per-query NDCG@10 difference of the model to an earlier report on the same queri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"feature groups left out of the model (default {list(TrainConfig.disabled_feature_groups)})")
     ap.add_argument("--candidates", nargs="*", default=[], metavar="FIELD=N",
                     help="CandidateConfig fields to change, e.g. popular_k=200 max_candidates=300")
+    ap.add_argument("--model", nargs="*", default=[], metavar="FIELD=V",
+                    help="ModelConfig (LambdaRank) fields to change, e.g. num_leaves=63 min_data_in_leaf=20")
     ap.add_argument("--before-test", action="store_true",
                     help="evaluate on the events before the last --test-days days (the test period is never read)")
     ap.add_argument("--compare", type=Path, help="an earlier report directory on the same queries")
@@ -120,6 +123,16 @@ def main(argv: list[str] | None = None) -> int:
             config = replace(config, candidates=replace(config.candidates, **changes))
         except (ValueError, TypeError) as exc:
             ap.error(f"--candidates: {exc} (give FIELD=N with FIELD of CandidateConfig)")
+    if args.model:
+        try:
+            fields = {f.name: f.type for f in dataclasses.fields(config.model)}
+            changes = {}
+            for c in args.model:
+                k, v = c.split("=", 1)
+                changes[k] = int(v) if fields[k] in ("int", int) else float(v)
+            config = replace(config, model=replace(config.model, **changes))
+        except (ValueError, KeyError) as exc:
+            ap.error(f"--model: {exc} (give FIELD=V with FIELD of ModelConfig)")
     if args.model_seed is not None:
         s = args.model_seed
         config = replace(config, seed=s, model=replace(config.model, seed=s), retrieval=replace(config.retrieval, seed=s))

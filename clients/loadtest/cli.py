@@ -10,20 +10,9 @@ from pathlib import Path
 
 from xsell.clients.cli import add_security_arguments
 
-from xsell.cli import positive_int
+from xsell.cli import non_negative_int, positive_int
 
 __all__ = ["add_parser"]
-
-
-def _non_negative_int(value: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return n
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-balance", dest="balance", action="store_false",
                    help="send calls over the connections in turn, however the kernel spread them over "
                         "the server's workers (default: every worker gets the same share)")  # fmt: skip
-    p.add_argument("--connections", type=_non_negative_int, default=0,
+    p.add_argument("--connections", type=non_negative_int, default=0,
                    help="connections per client process (0 = one per caller, or 16 in open loop)")  # fmt: skip
     p.add_argument("--requests", type=Path, default=None,
                    help="request file (JSON Lines of RecommendRequest), cycled; see `xsell loadtest requests`")  # fmt: skip
@@ -105,9 +94,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="both=1",
         help="strategy weights, e.g. both=0.6,cross_sell=0.3,up_sell=0.1",
     )
-    r.add_argument("--period-days", type=_non_negative_int, default=28,
+    r.add_argument("--period-days", type=non_negative_int, default=28,
                    help="replay the last N days (0 = all)")  # fmt: skip
-    r.add_argument("--limit", type=_non_negative_int, default=0,
+    r.add_argument("--limit", type=non_negative_int, default=0,
                    help="RecommendRequest.limit (0 = server default)")  # fmt: skip
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(func=_requests)

@@ -33,7 +33,8 @@ def positive_int(value: str) -> int:
 
 
 def non_negative_int(value: str) -> int:
-    """argparse type: an integer >= 0 (a seed: numpy's generators refuse negative ones)."""
+    """argparse type: an integer >= 0 (seeds: numpy's generators refuse negative ones; counts
+    where 0 means "none" or "the default")."""
     try:
         n = int(value)
     except ValueError:
