@@ -222,3 +222,18 @@ def test_json_safe_spells_non_finite_numbers():
     assert json_safe({"a": [math.nan, math.inf, -math.inf, 1.5]}) == {
         "a": ["NaN", "Infinity", "-Infinity", 1.5]
     }
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback(address, shop):
+    """`xsell recommend ... | head`: the pipe's reader is gone before the answer is
+    written. The command stops quietly with 141 (128 + SIGPIPE, as a shell reports a
+    command killed by it), not with a BrokenPipeError traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xsell.cli", "recommend", "--address", address, "--cart", shop.by_popularity[0],
+         "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.close()  # long before it has connected and ranked
+    _, err = proc.communicate(timeout=60)
+    assert b"Traceback" not in err, err.decode()[-2000:]
+    assert proc.returncode == 141
