@@ -328,7 +328,9 @@ FEATURES: tuple[Feature, ...] = (
     # retrieval
     Feature("retrieval_score", "retrieval", "fused reciprocal-rank score of the retrieval sources",
             lambda b: b.retrieval_score),
-    Feature("n_anchors", "retrieval", "number of known anchors in the cart",
+    # training rows are built per single anchor, so this is 1 in every training row and
+    # the model cannot split on it: kept for the feature list's stability, no signal yet
+    Feature("n_anchors", "retrieval", "number of known anchors in the cart (1 in training rows: unused)",
             lambda b: np.full(len(b.items), b.n_anchors, dtype=F32)),
     *(Feature(f"src_{s}", "retrieval", f"1 if the '{s}' source proposed the candidate", _source(s))
       for s in ("ann", "copurchase", "complement", "history", "category", "taste", "neighbours")),

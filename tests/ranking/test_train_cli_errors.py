@@ -261,3 +261,15 @@ def test_a_bundle_without_an_up_sell_model_serves_over_grpc(data_dir, tmp_path, 
         assert "up_sell_valid_ndcg@10" not in info.training_metrics
         assert "cross_sell_valid_ndcg@10" in info.training_metrics
     assert proc.terminate() == 0
+
+
+def test_segment_features_without_a_users_table_are_warned_about(data_dir, tmp_path, capsys):
+    """Turning the segment group on without --users trains on a column that is NaN in
+    every row: allowed (the model simply cannot use it), but said."""
+    code, out, err = _train(capsys, data_dir / "events.csv", data_dir / "catalog.csv", tmp_path / "b",
+                            "--disable-feature-groups", "neighbours", "trend")  # fmt: skip
+    assert code == 0, err
+    assert "WARNING: the segment features are on but no users table was given (--users)" in out
+    code, out, err = _train(capsys, data_dir / "events.csv", data_dir / "catalog.csv", tmp_path / "c")
+    assert code == 0, err
+    assert "segment features" not in out  # off by default: nothing to say
