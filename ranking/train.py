@@ -307,8 +307,9 @@ def train_bundles(
     used = set().union(*variant_names.values())
     names = [n for n in feature_names(()) if n in used]  # every feature any bundle uses, table order
     # the users table feeds the segment features only: without them no segment table is built
-    segment_users = data.users if any(FEATURES_BY_NAME[n].group == "segment" for n in names) else None
-    if segment_users is None and any(FEATURES_BY_NAME[n].group == "segment" for n in names):
+    uses_segments = any(FEATURES_BY_NAME[n].group == "segment" for n in names)
+    segment_users = data.users if uses_segments else None
+    if uses_segments and data.users is None:
         log("WARNING: the segment features are on but no users table was given (--users): "
             "they will be unknown (NaN) in every row, and the model cannot use them")
     t_start = time.perf_counter()
