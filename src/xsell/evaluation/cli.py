@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from xsell.cli import non_negative_int, positive_int
@@ -46,6 +47,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from xsell.errors import XsellError
+
+    # a report already in --out must not pass for the result of a run that failed
+    try:
+        report = _run(args)
+    except XsellError as exc:
+        raise XsellError(f"{exc}; {_not_written(args.out)}") from exc
+    except BaseException:  # a bug or Ctrl-C: the traceback (or exit 130) stays
+        print(f"xsell evaluate: {_not_written(args.out)}", file=sys.stderr)
+        raise
+    missed = [name for name, t in report.get("targets", {}).items() if not t["met"]]
+    print(f"report: {args.out / 'report.md'}")
+    for name in missed:
+        print(f"target not met: {name}")
+    return 0
+
+
+def _not_written(out: Path) -> str:
+    from .report import REPORT_FILES
+
+    try:
+        earlier = any((out / name).is_file() for name in REPORT_FILES)
+    except OSError:  # e.g. --out not searchable: say nothing about what it holds
+        earlier = False
+    if earlier:  # a failed run leaves an earlier report as it was
+        return f"no new report was written; the report in {out} is from an earlier run"
+    return f"no report was written to {out}"
+
+
+def _run(args: argparse.Namespace) -> dict:
     from xsell.data.loaders import load_dataset
     from xsell.errors import DataError
 
@@ -70,8 +101,4 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise
         # about the events as a whole (their time span, too little data): name their file
         raise DataError(exc.reason, file=str(args.events), row=exc.row, column=exc.column) from exc
-    missed = [name for name, t in report.get("targets", {}).items() if not t["met"]]
-    print(f"report: {args.out / 'report.md'}")
-    for name in missed:
-        print(f"target not met: {name}")
-    return 0
+    return report

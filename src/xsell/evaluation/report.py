@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+# what `evaluate` writes to the report directory (besides bundles/), in the order they
+# are moved into place: report.json, the one a reader or script looks for first, last
+REPORT_FILES = ("per_query_ndcg.npz", "report.md", "report.png", "report.json")
 METRICS = (
     ("ndcg", "NDCG@10"),
     ("recall", "Recall@10"),

@@ -8,12 +8,20 @@
    queries under the same candidate rule.
 4. Per-query metrics, 95% intervals, paired differences to the best baseline, the
    retrieval stage's candidate recall, ablations; report.md / report.json / report.png.
+
+A run writes everything to a temporary directory inside the report directory and moves
+it into place only when it succeeds: a failed run leaves an earlier report (and the
+bundles it names) as they were, and nothing that looks like its own result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +49,7 @@ from .queries import (
     new_to_shopper,
     up_sell_queries,
 )
+from .report import REPORT_FILES
 from .split import time_split
 
 K = 10
@@ -179,9 +188,57 @@ def evaluate(
     `out_dir`. `config`: a `TrainConfig` for the model (default: TrainConfig with this
     seed and label_days = valid_days). `model=False` scores the baselines only; `workers`
     processes answer the model's requests (each loads the bundle; 1 = in this process).
-    Returns the report as a dict (what report.json holds)."""
+    Returns the report as a dict (what report.json holds). Nothing reaches `out_dir`
+    unless the whole run succeeds (see the module's docstring)."""
     out = Path(out_dir)
     log = Progress(progress)
+    t = time.perf_counter()
+    if dataset.events.empty and dataset.report.drops("events"):
+        raise DataError(f"no events to evaluate on (rows dropped on loading: {dataset.report.drops('events')})")
+    split = time_split(dataset.events, test_days=test_days, valid_days=valid_days)
+    created = not out.exists()
+    try:  # after the split: bad input leaves no empty directory behind
+        out.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".evaluate-tmp-", dir=out))
+    except OSError as exc:
+        raise cannot_write(exc, out, "the report directory (--out)") from exc
+    done = False
+    try:
+        # refused now, not after hours of work: only the final moves could still fail
+        for name in REPORT_FILES:
+            if (out / name).is_dir():
+                raise DataError("cannot write the report (--out): a directory is in the way", file=str(out / name))
+        report = _run(dataset, split, work, out, log, t, test_days=test_days, valid_days=valid_days,
+                      max_queries=max_queries, seed=seed, config=config, ablations=ablations, model=model,
+                      workers=workers)  # fmt: skip
+        _publish(work, out, [Path(p).name for p in report["bundles"].values()])
+        done = True
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if not done and created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # the directory this failed run made, if empty
+    log(f"report written to {out} ({report['timings']['total']:.0f}s)")
+    return report
+
+
+def _publish(work: Path, out: Path, bundles: list[str]) -> None:
+    """Move a finished run's outputs from `work` into `out`, one rename each (atomic: same
+    file system): the bundles first, then REPORT_FILES in their order."""
+    for name in bundles:
+        src, dst = work / "bundles" / name, out / "bundles" / name
+        dst.parent.mkdir(exist_ok=True)
+        if dst.exists():  # an earlier run's bundle (checked before training): goes with `work`
+            os.rename(dst, work / f"replaced-{name}")
+        os.rename(src, dst)
+    for name in REPORT_FILES:
+        os.replace(work / name, out / name)
+
+
+def _run(dataset: Dataset, split, work: Path, out: Path, log: Progress, t: float, *, test_days: int,
+         valid_days: int, max_queries: int, seed: int, config, ablations: bool, model: bool, workers: int) -> dict:
+    """`evaluate` after the split: writes the report files (and bundles) to `work`; the
+    report names the bundles by where `_publish` moves them, under `out`."""
     timings: dict[str, float] = {}
 
     def timed(name: str, t0: float) -> float:
@@ -189,14 +246,6 @@ def evaluate(
         timings[name] = round(now - t0, 2)
         return now
 
-    t = time.perf_counter()
-    if dataset.events.empty and dataset.report.drops("events"):
-        raise DataError(f"no events to evaluate on (rows dropped on loading: {dataset.report.drops('events')})")
-    split = time_split(dataset.events, test_days=test_days, valid_days=valid_days)
-    try:  # after the split: bad input leaves no empty directory behind
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise cannot_write(exc, out, "the report directory (--out)") from exc
     s = split.summary()
     log(f"split: fit {s['fit_rows']:,} rows | valid {s['valid_rows']:,} (from {s['valid_start']}) | "
         f"test {s['test_rows']:,} (from {s['test_start']})")  # fmt: skip
@@ -271,7 +320,9 @@ def evaluate(
     # --- the model ------------------------------------------------------------------------
     candidate = {}
     bundles = {}
+    bundle_dirs: dict[str, str] = {}  # label -> its directory's name under bundles/
     if model:
+        from xsell.ranking.bundle import check_out_dir
         from xsell.ranking.train import TrainConfig, train_bundles
 
         from .model import ModelClient, RankerSpec, candidate_recall, model_rankings
@@ -291,6 +342,11 @@ def evaluate(
             if message:
                 log(f"    train: {message}")
 
+        # trained into `work`, moved to `out` only if the run succeeds; a directory in the
+        # way that is not a bundle is refused now, before the training
+        bundle_dirs = {label: label.replace(" ", "_") for label in variants}
+        for name in bundle_dirs.values():
+            check_out_dir(out / "bundles" / name, overwrite=True)
         # one pass over the label windows for all of them: they differ only in features
         t0 = time.perf_counter()
         log(
@@ -299,11 +355,7 @@ def evaluate(
         try:
             bundles = train_bundles(
                 train_ds,
-                {
-                    label: (out / "bundles" / label.replace(" ", "_"), vcfg)
-                    for label, vcfg in variants.items()
-                },
-                overwrite=True,
+                {label: (work / "bundles" / bundle_dirs[label], vcfg) for label, vcfg in variants.items()},
                 log=train_log,
             )
         except DataError as exc:
@@ -317,7 +369,7 @@ def evaluate(
                 column=exc.column,
             ) from exc
         timings["train"] = round(time.perf_counter() - t0, 2)
-        log(f"  trained in {timings['train']:.1f}s -> {out / 'bundles'}")
+        log(f"  trained in {timings['train']:.1f}s (to {out / 'bundles'} when the run succeeds)")
         t = time.perf_counter()
         specs = {label: RankerSpec(str(p)) for label, p in bundles.items()}
         if ablations:
@@ -420,17 +472,16 @@ def evaluate(
             "train_period": round(base.als_seconds, 2),
         },
         "views": results,
-        "bundles": {k: str(v) for k, v in bundles.items()},
+        "bundles": {label: str(out / "bundles" / bundle_dirs[label]) for label in bundles},
         "timings": timings,
     }
     from .report import targets, write_chart, write_markdown
 
     report["targets"] = targets(report) if model else {}
-    (out / "report.json").write_text(json.dumps(_jsonable(report), indent=2))
-    np.savez_compressed(out / "per_query_ndcg.npz", **per_query_dump)
-    write_markdown(report, out / "report.md")
-    write_chart(report, out / "report.png")
-    log(f"report written to {out} ({timings['total']:.0f}s)")
+    (work / "report.json").write_text(json.dumps(_jsonable(report), indent=2))
+    np.savez_compressed(work / "per_query_ndcg.npz", **per_query_dump)
+    write_markdown(report, work / "report.md")
+    write_chart(report, work / "report.png")
     return report
 
 
