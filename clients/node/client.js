@@ -49,7 +49,8 @@ function loadService(protoRoot = PROTO_ROOT) {
 
 class ClientConfigError extends Error {}
 
-const READ_ERRORS = { ENOENT: 'no such file', EACCES: 'permission denied', EISDIR: 'is a directory' };
+// The Python client's words (the C library's strerror; Go's are the same in lower case).
+const READ_ERRORS = { ENOENT: 'No such file or directory', EACCES: 'Permission denied', EISDIR: 'Is a directory' };
 
 // A PEM file read now, so a bad path fails before any call, naming the option and file.
 function readPem(file, what) {

@@ -388,3 +388,21 @@ def test_bad_tls_files_are_named_before_any_call(language, request, pki, tmp_pat
     # with TLS on, the server name is taken (the call then fails: nothing listens)
     stderr = run_failing([*command, *ca, "--tls-server-name", pki.server_name])
     assert "UNAVAILABLE" in stderr and "needs TLS" not in stderr
+
+
+def test_node_words_unreadable_files_as_the_python_client(
+    python_client, node_client, pki, tmp_path, free_port
+):
+    """The check above ignores case; this one holds Node to the Python client's exact
+    words (`xsell recommend`: the OS's strerror). Only the program's prefix differs."""
+    missing = tmp_path / "missing.pem"
+    ca = ["--tls-ca", str(pki.ca)]
+    key = ["--tls-key", str(pki.client_key)]
+    for flags, message in [
+        (["--tls-ca", str(missing)], f"--tls-ca: cannot read {missing}: No such file or directory"),
+        (["--tls-ca", str(tmp_path)], f"--tls-ca: cannot read {tmp_path}: Is a directory"),
+        ([*ca, "--tls-cert", str(missing), *key], f"--tls-cert: cannot read {missing}: No such file or directory"),
+    ]:  # fmt: skip
+        for command, prefix in ((python_client, "xsell recommend: error: "), (node_client, "xsell-node-client: ")):
+            stderr = run_failing([*command, "--address", f"127.0.0.1:{free_port}", "--cart", "A", *flags])
+            assert stderr.strip() == prefix + message, (command[-1], flags)
