@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
 import gzip
+import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -399,6 +402,130 @@ def test_rows_are_file_lines_across_empty_lines(tmp_path, newline):
     with pytest.raises(DataError) as info:
         load_catalog(path)
     assert info.value.row == 9 and "row 8 has" in str(info.value)
+
+
+# ----------------------------------------------------------------- each CSV file is read once
+
+
+@pytest.fixture
+def read_once(monkeypatch):
+    """`read_once(path)` watches `path`; `read_once.opens[str(path)]` counts its opens.
+
+    The loader opens CSV files with Python's `open` (`gzip.open` calls it too). Each open
+    of a watched path is counted and then unlinks the file: the handle still reads (POSIX),
+    but any later read of the path, by Python or by pyarrow's C++ reader (which no Python
+    wrapper sees), fails. So a loader reading the file twice either fails with "cannot
+    read" / file not found, or counts 2 opens."""
+    real_open = builtins.open
+    opens: dict[str, int] = {}
+
+    def counting_open(file, *args, **kwargs):
+        fh = real_open(file, *args, **kwargs)
+        key = os.fspath(file) if isinstance(file, (str, os.PathLike)) else None
+        if key in opens:
+            opens[key] += 1
+            os.unlink(key)
+        return fh
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+
+    def watch(path: Path) -> Path:
+        opens[str(path)] = 0
+        return path
+
+    watch.opens = opens
+    return watch
+
+
+def _write_csv(path: Path, data: bytes) -> Path:
+    if path.name.lower().endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    path.write_bytes(data)
+    return path
+
+
+READ_ONCE = pytest.mark.skipif(os.name == "nt", reason="unlinks a file that is open")
+SUFFIXES = ["c.csv", "c.csv.gz", "c.CSV.GZ"]  # upper case: pyarrow alone missed the gzip
+
+
+@READ_ONCE
+@pytest.mark.parametrize("name", SUFFIXES)
+def test_csv_file_is_read_once_rows_still_file_lines(tmp_path, read_once, name):
+    # BOM, empty lines (LF and CRLF), a malformed row and a bad value: every use of the
+    # bytes (header, parse, empty-line scan, row numbers) comes from the single read
+    text = (
+        b"\xef\xbb\xbfitem_id,category,price\n"  # 1
+        b"A,x,1\n"  # 2
+        b"\n"  # 3
+        b"B,x,1,9\r\n"  # 4: malformed
+        b"\r\n"  # 5
+        b"C,x,-3\n"  # 6: negative price
+        b"D,x,4\n"  # 7
+    )
+    path = read_once(_write_csv(tmp_path / name, text))
+    report = load_dataset(write(tmp_path, "e.csv", "user_id,item_id,timestamp\n"), path).report
+    assert read_once.opens[str(path)] == 1
+    assert not path.exists()  # the fixture did unlink it: nothing could read it again
+    assert report.rows_read["catalog"] == 4 and report.rows_kept["catalog"] == 2
+    assert "row 4:" in report.examples["catalog/row: wrong number of fields"][0]
+    assert "row 6," in report.examples["catalog/price: negative"][0]
+
+
+@READ_ONCE
+@pytest.mark.parametrize("name", SUFFIXES)
+def test_not_utf8_error_names_row_and_column_without_reading_again(tmp_path, read_once, name):
+    # the UTF-8 error path: pyarrow fails, the bad byte is located in the bytes read once
+    text = ("item_id,category,price\n" + "a,x,1\n" * 5000 + "b,caté,2\n").encode("latin-1")
+    path = read_once(_write_csv(tmp_path / name, text))
+    with pytest.raises(DataError) as info:
+        load_catalog(path, strict=True)
+    assert read_once.opens[str(path)] == 1
+    assert (info.value.file, info.value.row, info.value.column) == (str(path), 5002, "category")
+    assert "not valid UTF-8" in str(info.value)
+
+
+@READ_ONCE
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"", "file is empty"),
+        ("item_id,category,price\n".encode("utf-16"), "UTF-16"),
+        (b"item_id,item_id\nA,B\n", "appears twice"),
+    ],
+)
+def test_header_errors_read_the_file_once(tmp_path, read_once, data, words):
+    path = read_once(_write_csv(tmp_path / "c.csv", data))
+    with pytest.raises(DataError, match=words) as info:
+        load_catalog(path)
+    assert read_once.opens[str(path)] == 1
+    assert (info.value.file, info.value.row) == (str(path), 1)
+
+
+GZ_BODY = ("item_id,category,price\n" + "".join(f"i{i},c,{i}.5\n" for i in range(3000))).encode()
+
+
+def _corrupt_deflate() -> bytes:
+    data = bytearray(gzip.compress(GZ_BODY, mtime=0))
+    data[12] ^= 0xFF  # inside the first deflate block (the gzip header is 10 bytes)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "cause"),
+    [
+        (gzip.compress(GZ_BODY, mtime=0)[:-2000], EOFError),  # cut after the header line
+        (_corrupt_deflate(), zlib.error),  # escaped the loader as a bare zlib.error before
+    ],
+    ids=["cut-late", "corrupt-deflate"],
+)
+def test_broken_gzip_is_a_data_error_naming_the_file(tmp_path, data, cause):
+    with pytest.raises(cause):  # the case is the one it claims to be
+        gzip.decompress(data)
+    path = tmp_path / "c.csv.gz"
+    path.write_bytes(data)
+    with pytest.raises(DataError, match="cannot read file") as info:
+        load_catalog(path)
+    assert info.value.file == str(path) and str(info.value).startswith(str(path))
 
 
 # ----------------------------------------------------------------- fatal problems

@@ -34,6 +34,8 @@ import csv
 import gzip
 import hashlib
 import io
+import re
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +121,20 @@ def _open_bytes(path: Path):
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
+def _read_bytes(path: Path) -> bytes:
+    """The whole content of a CSV file (decompressed if .gz): the only time it is read.
+
+    Header, parse, empty-line scan and the UTF-8 error locator all work on these bytes.
+    (Reading it here and again in pyarrow cost a second read, and for .gz a second
+    decompression; pyarrow also missed the compression of an upper-case ``.GZ``.)
+    """
+    try:
+        with _open_bytes(path) as fh:
+            return fh.read()
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: corrupt deflate data in a .gz
+        raise DataError(f"cannot read file: {exc}", file=str(path)) from exc
+
+
 def _not_utf8(
     path: Path, data: bytes, exc: UnicodeDecodeError, header: list[str] | None
 ) -> DataError:
@@ -150,12 +166,10 @@ def _not_utf8(
     )
 
 
-def _csv_header(path: Path) -> list[str]:
-    try:
-        with _open_bytes(path) as fh:
-            first = fh.readline(1 << 20)
-    except (OSError, EOFError) as exc:
-        raise DataError(f"cannot read file: {exc}", file=str(path)) from exc
+def _csv_header(path: Path, data: bytes) -> list[str]:
+    """The header (first line, at most 1 MiB of it) of CSV content `data`."""
+    end = data.find(b"\n", 0, 1 << 20) + 1  # as readline(1 << 20): up to 1 MiB, "\n" kept
+    first = data[: end or 1 << 20]
     try:
         # incremental: a multi-byte character cut by the 1 MiB read is not an error
         text = codecs.getincrementaldecoder("utf-8-sig")().decode(first, final=False)
@@ -173,16 +187,13 @@ def _csv_header(path: Path) -> list[str]:
     return header
 
 
-def _locate_utf8_error(path: Path, header: list[str]) -> DataError | None:
-    """Find the first non-UTF-8 byte of a CSV file (only called once reading failed)."""
+def _locate_utf8_error(path: Path, data: bytes, header: list[str]) -> DataError | None:
+    """Find the first non-UTF-8 byte of CSV content `data` (only called once parsing
+    failed; works on the bytes already read, the file is not read again)."""
     try:
-        with _open_bytes(path) as fh:
-            data = fh.read()
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return _not_utf8(path, data, exc, header)
-    except (OSError, EOFError):
-        return None
     return None
 
 
@@ -213,7 +224,8 @@ def _read(path: str | Path) -> _Raw:
             str(path), fmt, {n: table.column(n) for n in names}, np.arange(1, table.num_rows + 1)
         )
 
-    header = _csv_header(path)
+    data = _read_bytes(path)  # the file's only read, also for the error messages below
+    header = _csv_header(path, data)
     _check_unique_names(header, path)
     bad: list[tuple[int | None, str]] = []
 
@@ -229,7 +241,7 @@ def _read(path: str | Path) -> _Raw:
 
     try:
         table = pacsv.read_csv(
-            path,
+            pa.BufferReader(data),  # zero-copy over `data`, not the path: no second read
             # Single-threaded so pyarrow reports the line number of bad rows (still ~0.3 s
             # for Ta-Feng's 64 MB).
             read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24),
@@ -245,7 +257,7 @@ def _read(path: str | Path) -> _Raw:
     except (OSError, pa.ArrowException) as exc:
         msg = str(exc)
         if "UTF8" in msg or "utf8" in msg.lower():
-            located = _locate_utf8_error(path, header)
+            located = _locate_utf8_error(path, data, header)
             if located is not None:
                 raise located from None
             msg = f"file is not valid UTF-8 text ({msg})"
@@ -265,21 +277,22 @@ def _read(path: str | Path) -> _Raw:
     if bad:
         rows = np.setdiff1d(rows, np.asarray(bad_rows), assume_unique=True)[: table.num_rows]
     malformed = [(r, m) for r, (_, m) in zip(bad_rows, bad, strict=True)]
-    empty = _empty_lines(path)
+    empty = _empty_lines(data)
     if len(empty):  # the reader skips empty lines and numbers the rest: back to file lines
         rows = _file_lines(rows, empty)
         malformed = [(int(_file_lines(r, empty)) if r >= 0 else r, m) for r, m in malformed]
     return _Raw(str(path), fmt, {n: table.column(n) for n in names}, rows, malformed)
 
 
-def _empty_lines(path: Path) -> np.ndarray:
-    """Sorted numbers (1-based) of the empty lines of a CSV file: nothing before LF or CRLF."""
-    try:
-        with _open_bytes(path) as fh:
-            data = fh.read()
-    except (OSError, EOFError):
-        return np.zeros(0, dtype=np.int64)
-    if b"\n\n" not in data and b"\n\r\n" not in data:  # the usual case: no scan
+_EMPTY_LINE = re.compile(rb"\n\r?\n")
+
+
+def _empty_lines(data: bytes) -> np.ndarray:
+    """Sorted numbers (1-based) of the empty lines of CSV content `data`: nothing before
+    LF or CRLF."""
+    # the usual case: none, and no scan. One regex pass finds "\n\n" or "\n\r\n" about
+    # 3x faster than two `in` tests (Ta-Feng's 69 MB: 0.03 s against 0.11 s).
+    if _EMPTY_LINE.search(data) is None:
         return np.zeros(0, dtype=np.int64)
     buf = np.frombuffer(data, dtype=np.uint8)
     ends = np.flatnonzero(buf == ord("\n"))
