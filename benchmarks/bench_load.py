@@ -16,8 +16,12 @@ Every figure of (a) and (b) is the median of `--runs` runs (default 3), each wit
 load average at its start. The generator shares the host with the server, so on a
 small machine the gRPC figures are a lower bound (client CPU is reported).
 
+`--canned`: the same server, but each worker answers every request with the result of
+the first one it ranked (benchmarks/canned_serve.py): what a Recommend costs without
+the ranking, i.e. the best Recommend / health ratio any ranking code could reach here.
+
 Usage:
-    python benchmarks/bench_load.py --bundle DIR --requests FILE [--runs 3]
+    python benchmarks/bench_load.py --bundle DIR --requests FILE [--runs 3] [--canned]
         [--seconds 15] [--open-seconds 60] [--skip-h2load] [--skip-closed --open-rate R]
         [--server-arg=--cpu-policy=normal ...] [--json OUT]
 """
@@ -51,9 +55,11 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, bundle: str, workers: int = 2, python: str = sys.executable,
-                 extra: list[str] | None = None):  # fmt: skip
+                 extra: list[str] | None = None, canned: bool = False):  # fmt: skip
         self.metrics_port = free_port()
-        cmd = [python, "-m", "xsell.cli", "serve", "--bundle", bundle, "--port", "0", "--workers",
+        # canned: the same server with a ranking that costs nothing (canned_serve.py)
+        entry = [str(Path(__file__).with_name("canned_serve.py"))] if canned else ["-m", "xsell.cli"]
+        cmd = [python, *entry, "serve", "--bundle", bundle, "--port", "0", "--workers",
                str(workers), "--metrics-port", str(self.metrics_port), "--no-access-log",
                *(extra or [])]  # fmt: skip
         self.log = (
@@ -214,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="python that runs `xsell serve` (e.g. a venv holding another checkout)")  # fmt: skip
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="one more `xsell serve` argument, e.g. --server-arg=--cpu-policy=normal")  # fmt: skip
+    p.add_argument("--canned", action="store_true",
+                   help="serve every request the answer of the first one (benchmarks/canned_serve.py): "
+                   "the ceiling of Recommend without ranking cost")  # fmt: skip
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.skip_closed and not args.open_rate and not args.skip_open:
@@ -226,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     reqs = read_requests(args.requests)
     bodies = encode_requests(reqs)
     mix = {"file": str(args.requests), **describe(reqs)}
-    server = Server(args.bundle, python=args.server_python, extra=args.server_arg)
+    server = Server(args.bundle, python=args.server_python, extra=args.server_arg, canned=args.canned)
     out: dict = {
+        "canned": args.canned,
         "host": host(),
         "mix": mix,
         "bundle": args.bundle,
