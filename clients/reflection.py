@@ -105,7 +105,9 @@ def _read_pem(flag: str, path: str) -> bytes:
 def channel_security(args: argparse.Namespace) -> tuple[grpc.ChannelCredentials | None, list]:
     """(credentials, channel options) from the --tls* flags; None = plaintext. Checked
     as `xsell recommend` checks them (clients/cli.py tls_from_args), in the same words:
-    a bad file or a flag that would be ignored fails before any call, naming the flag."""
+    a bad file or a flag that would be ignored fails before any call, naming the flag.
+    A copy, so that the script stays standalone; tests/clients/test_reflection.py checks
+    that both say the same."""
     if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
         if args.tls_server_name:  # a plaintext channel verifies no name
             raise ValueError("--tls-server-name needs TLS (--tls-ca, --tls-cert or --tls)")

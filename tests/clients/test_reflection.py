@@ -237,3 +237,10 @@ def test_bad_security_flags_are_named_before_any_call(pki, tmp_path, silent_sock
         proc = reflect(silent_socket, "--timeout", "30", *flags, "list", timeout=20)
         assert proc.returncode == 2, flags
         assert proc.stderr.strip() == f"reflection: {message}", flags
+        if flags[0].startswith("--tls"):  # the script keeps its own copy of these checks
+            cli = subprocess.run(
+                [sys.executable, "-m", "xsell.cli", "recommend", "--address", silent_socket, "--user", "u",
+                 "--timeout", "30", *flags],
+                check=False, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert cli.returncode == 2 and cli.stderr.strip() == f"xsell recommend: error: {message}", cli.stderr
