@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from xsell.errors import DataError
@@ -92,3 +92,21 @@ def test_inputs_are_not_modified():
     before = ev.copy()
     time_split(ev, test_days=10, valid_days=10)
     pd.testing.assert_frame_equal(ev, before)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(0, 120 * DAY), min_size=1, max_size=200),
+    st.integers(1, 30),
+    st.integers(0, 30),
+)
+def test_training_is_every_row_before_the_test_period(timestamps, test_days, valid_days):
+    # `train` is what the model learns from: fit and valid together, i.e. every input row up
+    # to test_start. Dropping the validation window would lose the most recent history.
+    events = events_at([0, *timestamps]).sample(frac=1.0, random_state=1)
+    t_max = int(events["timestamp"].max())
+    assume(t_max - (test_days + valid_days) * DAY >= 0)  # else no fit period: an error
+    s = time_split(events, test_days=test_days, valid_days=valid_days)
+    before_test = events.loc[events["timestamp"] <= t_max - test_days * DAY, "row"]
+    assert sorted(s.train["row"].tolist()) == sorted(before_test.tolist())
+    assert len(s.train) == len(s.fit) + len(s.valid)

@@ -77,3 +77,16 @@ def test_neighbour_source_proposes_what_similar_shoppers_bought(arts):
     assert {"a", "c"} <= got
     assert _feature(arts, "knn_score", "u3", ["c"])[0] > 0
     assert len(neighbour_items(arts, -1, 10)) == 0
+
+
+def test_copurchase_features_count_shared_baskets_and_blank_rows_without_anchor(arts):
+    # c and d share one basket (u2, day 6), b never shares one with c; c is in 1 basket.
+    items = arts.items.encode(["d", "b", "d"]).astype(np.int64)
+    c = arts.items.get("c")
+    b = PairBatch(arts, items, np.array([c, c, -1], dtype=np.int64), arts.users.get("u2"),
+                  np.zeros(3, np.uint8), np.zeros(3, np.float32), 1)  # fmt: skip
+    log_count = FEATURES_BY_NAME["copurchase_log"].fn(b)
+    np.testing.assert_allclose(log_count[:2], [np.log(2.0), 0.0], rtol=1e-6)
+    conf = FEATURES_BY_NAME["copurchase_conf"].fn(b)
+    np.testing.assert_allclose(conf[:2], [1.0, 0.0], rtol=1e-6)
+    assert np.isnan(log_count[2]) and np.isnan(conf[2])  # no anchor: missing, not 0

@@ -104,3 +104,22 @@ def test_shopper_row_search_serves_every_twin_table_and_others_fall_back(ranker)
     other.__dict__.pop("user_item_twins")
     other.user_decay = sp.csr_matrix(arts.user_decay.shape, dtype=np.float32)
     assert other.user_item_twins == twins - {"user_decay"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(sparse_tables(), st.data())
+def test_partners_by_value_break_ties_by_column_even_from_unsorted_indices(table, data_):
+    # a table assembled from unsorted parts lists each row's entries in any order: ties in
+    # value must still come out in column order (the documented tie-break)
+    dense, m = table
+    data, indices = m.data.copy(), m.indices.copy()
+    for r in range(dense.shape[0]):
+        lo, hi = m.indptr[r], m.indptr[r + 1]
+        perm = lo + np.array(data_.draw(st.permutations(range(hi - lo))), dtype=np.int64)
+        data[lo:hi], indices[lo:hi] = data[perm], indices[perm]
+    shuffled = sp.csr_matrix((data, indices, m.indptr.copy()), shape=m.shape)
+    ranked = by_value_within_rows(shuffled, rows_per_chunk=3)
+    for r in range(dense.shape[0]):
+        cols = [c for c in range(dense.shape[1]) if dense[r, c] != 0]
+        want = sorted(cols, key=lambda c: (-dense[r, c], c))
+        assert ranked[m.indptr[r] : m.indptr[r + 1]].tolist() == want
