@@ -80,12 +80,12 @@ def apply_diversity(order: np.ndarray, categories: np.ndarray, max_per_category:
     if max_per_category <= 0:
         return order[:limit]
     taken: dict[int, int] = {}
-    out = []
+    out: list[int] = []
     for i in order:
+        if len(out) >= limit:  # checked first: a limit of 0 takes nothing
+            break
         cat = int(categories[i])
         if taken.get(cat, 0) < max_per_category:
             taken[cat] = taken.get(cat, 0) + 1
             out.append(i)
-            if len(out) == limit:
-                break
     return np.asarray(out, dtype=np.int64)
