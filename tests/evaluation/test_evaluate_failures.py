@@ -5,6 +5,7 @@ written (so the earlier one cannot pass for the failed run's result)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -100,3 +101,45 @@ def test_a_run_failing_mid_way_leaves_no_directory_behind(synthetic_dir, tmp_pat
     assert not out.exists()
     line = one_line_error(capsys.readouterr().err)
     assert "too little data" in line and line.endswith(f"no report was written to {out}")
+
+
+def test_an_out_it_cannot_write_in_is_named_not_the_temporary_directory(synthetic_dir, tmp_path, capsys):
+    """--out exists, but no file can be made in it: here because its path is a few bytes
+    short of PATH_MAX (a real OS failure that root gets too, unlike a read-only mode).
+    Before: the error named `--out/.evaluate-tmp-XXXX`, a path the user never gave."""
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX")
+    out = tmp_path
+    while len(str(out)) < limit - 16:  # room for --out itself, none for a name inside it
+        out = out / ("d" * min(200, limit - 16 - len(str(out))))
+    out.mkdir(parents=True)
+    code = evaluate(Path(synthetic_dir), out, "--no-model", "--max-queries", "200")
+    assert code == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "cannot write the report directory (--out)" in line, line
+    assert str(out) in line and ".evaluate-tmp" not in line
+
+
+def test_bundles_the_new_report_does_not_name_are_removed(synthetic_dir, tmp_path, capsys):
+    """An earlier run with ablations left bundles/no_price_features and friends; a run
+    without them replaced the report but left those bundles beside it, so bundles/ held
+    models the report says nothing about. Before the fix the stale ones stayed."""
+    out = tmp_path / "rep"
+    earlier = {"no_price_features", "no_complement_features"}
+    for name in earlier:  # what a run with ablations leaves (only the names matter here)
+        (out / "bundles" / name).mkdir(parents=True)
+        (out / "bundles" / name / "manifest.json").write_text("{}")
+    (out / "bundles" / "not_ours").mkdir()  # a directory the evaluator never writes
+    code = evaluate(Path(synthetic_dir), out, "--max-queries", "200", "--no-ablations")
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert {Path(p).name for p in report["bundles"].values()} == {"model"}
+    assert {p.name for p in (out / "bundles").iterdir()} == {"model", "not_ours"}
+    assert {p.name for p in out.iterdir()} == REPORT | {"bundles"}  # no temporary left
+
+
+def test_a_run_without_a_model_removes_the_earlier_models_bundle(earlier_report, synthetic_dir, capsys):
+    out = earlier_report
+    (out / "bundles" / "model").mkdir(parents=True)
+    code = evaluate(Path(synthetic_dir), out, "--no-model", "--max-queries", "200")
+    assert code == 0, capsys.readouterr().err
+    assert {p.name for p in out.iterdir()} == REPORT  # the emptied bundles/ went too

@@ -199,9 +199,13 @@ def evaluate(
     created = not out.exists()
     try:  # after the split: bad input leaves no empty directory behind
         out.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".evaluate-tmp-", dir=out))
     except OSError as exc:
         raise cannot_write(exc, out, "the report directory (--out)") from exc
+    try:
+        work = Path(tempfile.mkdtemp(prefix=".evaluate-tmp-", dir=out))
+    except OSError as exc:
+        # the error names --out, not the temporary directory the user never asked for
+        raise cannot_write(OSError(exc.errno, exc.strerror), out, "the report directory (--out)") from exc
     done = False
     try:
         # refused now, not after hours of work: only the final moves could still fail
@@ -211,7 +215,10 @@ def evaluate(
         report = _run(dataset, split, work, out, log, t, test_days=test_days, valid_days=valid_days,
                       max_queries=max_queries, seed=seed, config=config, ablations=ablations, model=model,
                       workers=workers)  # fmt: skip
-        _publish(work, out, [Path(p).name for p in report["bundles"].values()])
+        removed = _publish(work, out, [Path(p).name for p in report["bundles"].values()])
+        if removed:
+            log(f"removed the earlier run's bundles {', '.join(removed)} from {out / 'bundles'} "
+                "(this report does not name them)")  # fmt: skip
         done = True
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -222,9 +229,15 @@ def evaluate(
     return report
 
 
-def _publish(work: Path, out: Path, bundles: list[str]) -> None:
+# every bundle directory an evaluation can write under bundles/
+BUNDLE_DIRS = tuple(label.replace(" ", "_") for label in (MODEL, *(a for a, g in ABLATIONS.items() if g)))
+
+
+def _publish(work: Path, out: Path, bundles: list[str]) -> list[str]:
     """Move a finished run's outputs from `work` into `out`, one rename each (atomic: same
-    file system): the bundles first, then REPORT_FILES in their order."""
+    file system): the bundles first, then REPORT_FILES in their order. An earlier run's
+    bundle that this report does not name (it had ablations, this one has none) goes
+    too, so bundles/ holds what the report describes; returns their names."""
     for name in bundles:
         src, dst = work / "bundles" / name, out / "bundles" / name
         dst.parent.mkdir(exist_ok=True)
@@ -233,6 +246,12 @@ def _publish(work: Path, out: Path, bundles: list[str]) -> None:
         os.rename(src, dst)
     for name in REPORT_FILES:
         os.replace(work / name, out / name)
+    removed = [n for n in BUNDLE_DIRS if n not in bundles and (out / "bundles" / n).is_dir()]
+    for name in removed:
+        os.rename(out / "bundles" / name, work / f"replaced-{name}")
+    with contextlib.suppress(OSError):
+        (out / "bundles").rmdir()  # only if empty: a --no-model run after one with a model
+    return removed
 
 
 def _run(dataset: Dataset, split, work: Path, out: Path, log: Progress, t: float, *, test_days: int,
