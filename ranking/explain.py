@@ -82,10 +82,6 @@ def reason_text(
         return f"{anchor_id} is in {math.expm1(value):.0f} baskets"
     if name == "recent_share":
         return f"trending: {value * 100:.0f}% of its baskets are recent"
-    if name == "log_week_popularity":
-        return f"in {math.expm1(value):.0f} baskets in the last 7 days"
-    if name == "week_share":
-        return f"selling {'faster' if value > 0.25 else 'slower'} this week: {value * 100:.0f}% of its last 28 days' baskets"
     if name == "days_since_sale":
         return f"last sold {value:.0f} days ago"
     if name == "pop_rank_in_cat":

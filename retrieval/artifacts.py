@@ -57,10 +57,6 @@ class RetrievalConfig:
     copurchase_top_n: int = 100  # co-purchase partners kept per item
     complement_prior: float = 20.0  # pseudo-baskets shrinking category lift to 1
     recent_days: int = 28  # window for "recent popularity"
-    # window for "this week's popularity": the freshest demand signal. On Ta-Feng the last
-    # 7 days before the test period forecast its popularity better than the last 28 (the
-    # holiday rush) and, mixed with all-time popularity, better than either (EXPERIMENTS.md)
-    week_days: int = 7
     # similar shoppers behind the TIFU-KNN neighbourhood score; 0 = off (the default): on
     # Ta-Feng's validation window it moved no ranking metric (2 seeds) and costs ~30 s per
     # artifact build and ~20 MB of bundle
@@ -109,8 +105,6 @@ class Artifacts:
     segments: SegmentTable | None = None  # the users table's segments; None = no users table
     # float32 (n_users,) basket-decayed mean price_pct of purchases, NaN = none; None: a bundle from before it
     user_recent_price_level: np.ndarray | None = None
-    # float32 (n_items,) baskets holding the item in the last week_days; None: a bundle from before it
-    week_popularity: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
     complement_cache: dict = field(default_factory=dict)  # per-category results (see candidates.py)
 
@@ -143,7 +137,7 @@ class Artifacts:
         "item_repeat_rate", "user_repeat_rate",
     )  # fmt: skip
 
-    OPTIONAL_ARRAYS = ("user_recent_price_level", "week_popularity")  # in stats.npz when built; older bundles lack them
+    OPTIONAL_ARRAYS = ("user_recent_price_level",)  # in stats.npz when built; older bundles lack them
 
     SPARSE = ("user_counts", "user_last_day", "user_cat_counts", "copurchase", "user_first_day", "user_decay", "user_knn",
               "switches", "user_cat_price")
@@ -300,8 +294,6 @@ def build_artifacts(
     popularity = np.bincount(pb["i"], minlength=n_items).astype(np.float32)
     recent = pb[pb["d"].to_numpy() >= cut_day - config.recent_days]
     recent_popularity = np.bincount(recent["i"], minlength=n_items).astype(np.float32)
-    week = pb[pb["d"].to_numpy() >= cut_day - config.week_days]
-    week_popularity = np.bincount(week["i"], minlength=n_items).astype(np.float32)
     last_day = np.full(n_items, np.nan, dtype=np.float32)
     ld = pb.groupby("i")["d"].max()
     last_day[ld.index.to_numpy()] = ld.to_numpy()
@@ -385,7 +377,7 @@ def build_artifacts(
         popular_items=_popular(popularity, in_stock),
         popular_by_category=_popular_by_category(popularity, in_stock, item_category, n_cat),
         cut_day=cut_day, meta={"config": config.__dict__}, segments=segments,
-        user_recent_price_level=user_recent_price_level, week_popularity=week_popularity,
+        user_recent_price_level=user_recent_price_level,
     )  # fmt: skip
     if ann_path is not None:
         build_index(arts.item_factors, ann_path, n_trees=config.n_trees, seed=config.seed)
