@@ -31,6 +31,10 @@ from xsell.evaluation.runner import MODEL, VIEWS
 
 
 def load(dirs: list[Path]) -> tuple[list[dict], list[np.lib.npyio.NpzFile]]:
+    for d in dirs:  # a run still going (or a typo) is named, not a traceback
+        missing = [f for f in ("report.json", "per_query_ndcg.npz") if not (d / f).is_file()]
+        if missing:
+            raise SystemExit(f"seed_summary: {d}: no {' or '.join(missing)} (not a finished report directory)")
     reports = [json.loads((d / "report.json").read_text()) for d in dirs]
     per_query = [np.load(d / "per_query_ndcg.npz") for d in dirs]
     return reports, per_query
