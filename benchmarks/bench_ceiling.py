@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--label-windows", type=int, default=TrainConfig.label_windows,
                     help="the oracle's label windows: the test period, then the ones before it")
+    ap.add_argument("--model-seed", type=int, default=None,
+                    help="the trainer's seed, as in bench_quality.py (give the one --report was trained with)")
     args = ap.parse_args(argv)
 
     report = json.loads((args.report / "report.json").read_text())
@@ -130,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     test_half = shopper_half(test["user_id"].to_numpy())
     feb_pop = test_period_popularity(test, history, test_half)
     cfg = TrainConfig(seed=proto["seed"], label_days=proto["test_days"], label_windows=args.label_windows)
+    if args.model_seed is not None:
+        m = args.model_seed
+        cfg = replace(cfg, seed=m, model=replace(cfg.model, seed=m), retrieval=replace(cfg.retrieval, seed=m))
     serving = Path(report["bundles"][MODEL])
     hybrids = {}
     for h in (0, 1):

@@ -57,6 +57,27 @@ def test_up_sell_is_pricier_and_same_category(ranker, dataset):
     assert n_lists >= 10
 
 
+@pytest.mark.parametrize("uplift_min", [0.5, 1.0])
+def test_an_uplift_min_at_or_below_one_admits_cheaper_items_only_as_fill(ranker, dataset, uplift_min):
+    """What the proto says of Filters.uplift_min <= 1: the ranked up-sells are still
+    strictly pricier than the anchor (retrieval proposes nothing else, and the model was
+    trained on nothing else); an item at or below the anchor's price can only come from
+    the popular fill of a short list, inside the band."""
+    cheaper = 0
+    for anchor in _popular_anchors(dataset, 25):
+        res = ranker.rank(RankRequest(cart=(CartLine(anchor),), strategy=Strategy.UP_SELL, limit=10,
+                                      filters=Filters(uplift_min=uplift_min)))  # fmt: skip
+        for item in res.up_sell:
+            assert item.price_uplift >= uplift_min - 1e-9
+            if item.price_uplift <= 1.0:
+                assert item.sources == ("popular",)
+                cheaper += 1
+        default = ranker.rank(RankRequest(cart=(CartLine(anchor),), strategy=Strategy.UP_SELL, limit=10))
+        assert all(i.price_uplift > 1.0 for i in default.up_sell)
+    if uplift_min < 1.0:  # the synthetic shop's categories are small enough to need the fill
+        assert cheaper > 0
+
+
 def test_scores_are_sorted_and_explanations_add_up(ranker, dataset):
     anchor = _popular_anchors(dataset, 1)[0]
     res = ranker.rank(RankRequest(cart=(CartLine(anchor),), limit=8, explain=True))
