@@ -229,8 +229,13 @@ def evaluate(
     return report
 
 
+def bundle_dir_name(label: str) -> str:
+    """The directory under bundles/ of the bundle a method label names."""
+    return label.replace(" ", "_")
+
+
 # every bundle directory an evaluation can write under bundles/
-BUNDLE_DIRS = tuple(label.replace(" ", "_") for label in (MODEL, *(a for a, g in ABLATIONS.items() if g)))
+BUNDLE_DIRS = tuple(bundle_dir_name(label) for label in (MODEL, *(a for a, g in ABLATIONS.items() if g)))
 
 
 def _publish(work: Path, out: Path, bundles: list[str]) -> list[str]:
@@ -363,7 +368,7 @@ def _run(dataset: Dataset, split, work: Path, out: Path, log: Progress, t: float
 
         # trained into `work`, moved to `out` only if the run succeeds; a directory in the
         # way that is not a bundle is refused now, before the training
-        bundle_dirs = {label: label.replace(" ", "_") for label in variants}
+        bundle_dirs = {label: bundle_dir_name(label) for label in variants}
         for name in bundle_dirs.values():
             check_out_dir(out / "bundles" / name, overwrite=True)
         # one pass over the label windows for all of them: they differ only in features
